@@ -1,0 +1,147 @@
+"""Read the YAML file once: expand ``${VAR}``/``${VAR:-default}``, validate, and name every bad field.
+
+Errors come out as ``file:line: routes[2].upstream: not a URL``, all at once, so an operator fixes
+a file in one pass (oauth2-proxy style).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .schema import GatewayConfig
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PATH_HEAD = re.compile(r"^([A-Za-z0-9_\[\].#-]+): ")
+
+
+class _Missing(Exception):
+    pass
+
+
+def _expand(text: str, where: str, problems: list[str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if value is None:
+            if default is None:
+                problems.append(f"{where}: environment variable {name} is not set (use ${{{name}:-default}})")
+                return ""
+            return default
+        return value
+
+    return _ENV.sub(repl, text)
+
+
+def _to_python(
+    node: yaml.Node, path: str, lines: dict[str, int], problems: list[str]
+) -> Any:
+    """Turn a composed YAML node tree into plain Python, remembering each path's line number."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            sub = f"{path}.{key}" if path else key
+            if key in out:
+                problems.append(f"line {key_node.start_mark.line + 1}: {sub}: duplicate key")
+            out[key] = _to_python(value_node, sub, lines, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, f"{path}[{i}]", lines, problems) for i, v in enumerate(node.value)]
+    assert isinstance(node, yaml.ScalarNode)
+    raw = node.value
+    if "${" in raw:
+        raw = _expand(raw, path, problems)
+        # Re-resolve the expanded text so "${PORT:-8443}" becomes an int, "${X:-true}" a bool.
+        if node.style is None:
+            return yaml.safe_load(raw) if raw else None
+        return raw
+    return _SCALARS.construct_object(node, deep=True)
+
+
+# Only used to turn already-resolved scalar nodes into Python values.
+_SCALARS = yaml.SafeLoader("")
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before", "function-wrap") or "[" in str(part):
+            # pydantic's names for union/validator branches: not part of the YAML path
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _line_for(path: str, lines: dict[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
+
+
+def _format(path: str, msg: str, lines: dict[str, int], source: str) -> str:
+    line = _line_for(path, lines)
+    where = f"{source}:{line}: " if line else ""
+    return f"{where}{path}: {msg}" if path else f"{where}{msg}"
+
+
+def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
+    """Validate YAML text into a ``GatewayConfig``, or raise ``ConfigError`` listing every problem."""
+    problems: list[str] = []
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{source}:{mark.line + 1}: " if mark else f"{source}: "
+        raise ConfigError([f"{at}not valid YAML: {getattr(exc, 'problem', exc)}"], source=source) from None
+    if root is None:
+        raise ConfigError(["the file is empty"], source=source)
+    lines: dict[str, int] = {}
+    data = _to_python(root, "", lines, problems)
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], source=source)
+    if problems:
+        raise ConfigError([_format("", p, lines, source) for p in problems], source=source)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            path = _loc_to_path(tuple(err["loc"]))
+            msg = err["msg"]
+            msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            for part in msg.split("\n"):
+                head = _PATH_HEAD.match(part)
+                if head and not path:
+                    # model-level validators already prefix each message with its path
+                    problems.append(_format(head.group(1), part[head.end():], lines, source))
+                else:
+                    problems.append(_format(path, part, lines, source))
+        # A union (e.g. auth: none | {...}) reports each branch; keep each message once.
+        raise ConfigError(list(dict.fromkeys(problems)), source=source) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate a config file. Relative file paths inside it are relative to the CWD."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror}"], source=str(p)) from None
+    return parse_config(text, source=str(p))

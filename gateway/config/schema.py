@@ -1,0 +1,201 @@
+"""The configuration file, as typed, immutable objects.
+
+Pass 1 (this module, pydantic): shapes, types, ranges. Pass 2 (``GatewayConfig`` model validator):
+cross-references (route -> upstream, route -> issuer) and conflicts (routes that can never match).
+Each section lives in its own module so each pipeline stage owns its settings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, model_validator
+
+from .auth import AuthPolicy
+from .base import FilePath, Model
+from .dpop import DpopConfig
+from .issuers import IssuerConfig
+from .mtls import ClientCertConfig
+from .observability import ObservabilityConfig
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not a URL (expected http://host[:port][/path] or https://...)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    return value.rstrip("/")
+
+
+def _origin(value: str) -> str:
+    url = _http_url(value)
+    if urlsplit(url).path not in ("", "/"):
+        raise ValueError("must be an origin (scheme://host[:port]) without a path")
+    return url
+
+
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("not an IP address or CIDR range") from None
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Origin = Annotated[str, AfterValidator(_origin)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ListenerTls(Model):
+    cert: FilePath
+    key: FilePath
+    # Trust anchors for client certificates (one bundle per directory, e.g. per Open Banking directory).
+    client_ca: tuple[FilePath, ...] = ()
+    client_auth: Literal["required", "optional", "none"] = "optional"
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # fapi: TLS 1.2 limited to the suites every FAPI edition and BCP 195 allow; TLS 1.3 allowed.
+    profile: Literal["fapi", "default"] = "fapi"
+
+    @model_validator(mode="after")
+    def _needs_ca(self) -> ListenerTls:
+        if self.client_auth != "none" and not self.client_ca:
+            raise ValueError(f"client_auth: {self.client_auth} needs at least one client_ca bundle")
+        return self
+
+
+class Listen(Model):
+    host: str = "0.0.0.0"  # noqa: S104 - a gateway listens on all interfaces by default
+    port: Port = 8443
+    # None means plain HTTP: only for a sidecar behind a TLS-terminating front proxy.
+    tls: ListenerTls | None = None
+    # The origin clients use (what they sign as DPoP htu). Default: derived from host and port.
+    external_origin: Origin | None = None
+    # Peers allowed to set X-Forwarded-* / client-certificate headers.
+    trusted_proxies: tuple[Cidr, ...] = ()
+
+
+class Admin(Model):
+    host: str = "127.0.0.1"
+    port: Port = 9090
+
+
+class Timeouts(Model):
+    connect_s: Annotated[float, Field(gt=0)] = 5.0
+    read_s: Annotated[float, Field(gt=0)] = 30.0
+    total_s: Annotated[float, Field(gt=0)] | None = None
+
+
+class UpstreamConfig(Model):
+    url: HttpUrl
+    ca: FilePath | None = None
+    client_cert: FilePath | None = None
+    client_key: FilePath | None = None
+    timeouts: Timeouts = Timeouts()
+    pool_size: Annotated[int, Field(ge=1, le=10000)] = 100
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> UpstreamConfig:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if self.ca and not self.url.startswith("https://"):
+            raise ValueError("ca is set but url is not https://")
+        return self
+
+
+def _path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must start with /")
+    return value
+
+
+def _method(value: str) -> str:
+    up = value.upper()
+    if up not in HTTP_METHODS:
+        raise ValueError(f"unknown HTTP method {value!r}")
+    return up
+
+
+class RouteMatch(Model):
+    path_prefix: Annotated[str, AfterValidator(_path)] | None = None
+    path: Annotated[str, AfterValidator(_path)] | None = None
+    host: str | None = None
+    methods: tuple[Annotated[str, AfterValidator(_method)], ...] = ()
+
+    @model_validator(mode="after")
+    def _one_path(self) -> RouteMatch:
+        if (self.path_prefix is None) == (self.path is None):
+            raise ValueError("set exactly one of path_prefix or path")
+        return self
+
+
+class RouteConfig(Model):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    match: RouteMatch
+    # Name of an entry in ``upstreams:``, or an inline URL.
+    upstream: str
+    # ``none`` switches auth off for this route; it must be written out (default deny).
+    auth: AuthPolicy | Literal["none"]
+    max_body_bytes: Annotated[int, Field(ge=0)] = 10 * 1024 * 1024
+    # Forward the client's Authorization/DPoP headers upstream (many banking backends re-check).
+    forward_credentials: bool = True
+
+
+class GatewayConfig(Model):
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    upstreams: dict[str, UpstreamConfig] = {}
+    routes: tuple[RouteConfig, ...]
+    issuers: tuple[IssuerConfig, ...] = ()
+    dpop: DpopConfig = DpopConfig()
+    client_certs: ClientCertConfig = ClientCertConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> GatewayConfig:
+        problems: list[str] = []
+        seen_ids: dict[str, int] = {}
+        seen_match: dict[tuple[object, ...], int] = {}
+        issuer_names = {i.name for i in self.issuers}
+        for n, route in enumerate(self.routes):
+            where = f"routes[{n}]"
+            if route.id in seen_ids:
+                problems.append(f"{where}.id: duplicate of routes[{seen_ids[route.id]}].id ({route.id!r})")
+            seen_ids.setdefault(route.id, n)
+            if route.upstream not in self.upstreams:
+                try:
+                    _http_url(route.upstream)
+                except ValueError:
+                    problems.append(
+                        f"{where}.upstream: {route.upstream!r} is neither a name under upstreams: nor a URL"
+                    )
+            m = route.match
+            key = (m.path_prefix, m.path, m.host, frozenset(m.methods))
+            if key in seen_match:
+                problems.append(
+                    f"{where}.match: same match as routes[{seen_match[key]}]; this route can never match"
+                )
+            seen_match.setdefault(key, n)
+            if isinstance(route.auth, AuthPolicy):
+                for k, name in enumerate(route.auth.issuers):
+                    if name not in issuer_names:
+                        problems.append(f"{where}.auth.issuers[{k}]: no issuer named {name!r} under issuers:")
+                if route.auth.sender_constraint == "mtls" and (
+                    self.listen.tls is None or self.listen.tls.client_auth == "none"
+                ) and not self.client_certs.model_dump():
+                    problems.append(
+                        f"{where}.auth.sender_constraint: mtls needs client certificates "
+                        "(listen.tls.client_auth is none and no front-proxy source is configured)"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def upstream_for(self, route: RouteConfig) -> UpstreamConfig:
+        return self.upstreams.get(route.upstream) or UpstreamConfig(url=route.upstream)

@@ -1,0 +1,195 @@
+"""Every way a request can be refused, one exception type per outcome.
+
+The class fixes the HTTP status and the OAuth error code; an instance carries only a short,
+client-safe description and a stable ``reason`` code (a low-cardinality metrics label and the
+access log's ``reason`` field). ``gateway.challenge`` is the only code that turns these into
+``WWW-Authenticate`` headers, so no stage ever writes an auth header by hand.
+
+    GatewayError                          status, reason
+    ├── OAuthError                        error code, scheme that failed; rendered as a challenge
+    │   ├── MissingCredentialsError       401, challenge with NO error (RFC 6750 §3.1, RFC 9449 §7.1)
+    │   ├── InvalidRequestError           400 invalid_request
+    │   ├── InvalidTokenError             401 invalid_token (also binding failures, RFC 8705 §3)
+    │   ├── InsufficientScopeError        403 insufficient_scope (+ scope)
+    │   ├── InvalidDpopProofError         401 invalid_dpop_proof (RFC 9449 §7.1)
+    │   └── UseDpopNonceError             401 use_dpop_nonce (+ DPoP-Nonce, RFC 9449 §9)
+    ├── DependencyError                   never blames the client; fail closed
+    │   ├── KeySourceUnavailableError     503 (JWKS unreachable and no cached key)
+    │   ├── IntrospectionUnavailableError 503
+    │   ├── ReplayStoreUnavailableError   503
+    │   ├── UpstreamUnavailableError      502
+    │   └── UpstreamTimeoutError          504
+    ├── RouteNotFoundError                404
+    ├── MethodNotAllowedError             405
+    └── PayloadTooLargeError              413
+
+``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Scheme = Literal["Bearer", "DPoP"]
+
+__all__ = (
+    "ConfigError",
+    "DependencyError",
+    "GatewayError",
+    "InsufficientScopeError",
+    "IntrospectionUnavailableError",
+    "InvalidDpopProofError",
+    "InvalidRequestError",
+    "InvalidTokenError",
+    "KeySourceUnavailableError",
+    "MethodNotAllowedError",
+    "MissingCredentialsError",
+    "OAuthError",
+    "PayloadTooLargeError",
+    "ReplayStoreUnavailableError",
+    "RouteNotFoundError",
+    "Scheme",
+    "UpstreamTimeoutError",
+    "UpstreamUnavailableError",
+    "UseDpopNonceError",
+)
+
+
+class GatewayError(Exception):
+    """A refusal. ``description`` is shown to the client, so it must never contain secrets."""
+
+    status: ClassVar[int] = 500
+    default_reason: ClassVar[str] = "internal"
+
+    def __init__(self, description: str = "", *, reason: str | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.reason = reason or self.default_reason
+
+
+class OAuthError(GatewayError):
+    """An RFC 6750 / RFC 9449 error, rendered as a ``WWW-Authenticate`` challenge.
+
+    ``scheme`` is the scheme the client used, when it could be told unambiguously: the error
+    parameters go into that scheme's challenge only (RFC 9449 §7.2). ``None`` puts them into
+    every challenge the route offers (e.g. two conflicting Authorization headers).
+    """
+
+    error: ClassVar[str | None] = None
+
+    def __init__(
+        self, description: str = "", *, reason: str | None = None, scheme: Scheme | None = None
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.scheme: Scheme | None = scheme
+
+
+class MissingCredentialsError(OAuthError):
+    status = 401
+    error = None
+    default_reason = "missing_credentials"
+
+
+class InvalidRequestError(OAuthError):
+    status = 400
+    error = "invalid_request"
+    default_reason = "invalid_request"
+
+
+class InvalidTokenError(OAuthError):
+    status = 401
+    error = "invalid_token"
+    default_reason = "invalid_token"
+
+
+class InsufficientScopeError(OAuthError):
+    status = 403
+    error = "insufficient_scope"
+    default_reason = "insufficient_scope"
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        scope: str = "",
+        reason: str | None = None,
+        scheme: Scheme | None = None,
+    ) -> None:
+        super().__init__(description, reason=reason, scheme=scheme)
+        self.scope = scope
+
+
+class InvalidDpopProofError(OAuthError):
+    status = 401
+    error = "invalid_dpop_proof"
+    default_reason = "dpop_invalid_proof"
+
+    def __init__(self, description: str = "", *, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason, scheme="DPoP")
+
+
+class UseDpopNonceError(OAuthError):
+    status = 401
+    error = "use_dpop_nonce"
+    default_reason = "dpop_nonce_required"
+
+    def __init__(self, description: str = "", *, nonce: str, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason, scheme="DPoP")
+        self.nonce = nonce
+
+
+class DependencyError(GatewayError):
+    """Something the gateway depends on failed: the client is not to blame, the request is refused."""
+
+    status = 503
+    default_reason = "dependency_unavailable"
+    retry_after_s: ClassVar[int | None] = 5
+
+
+class KeySourceUnavailableError(DependencyError):
+    default_reason = "jwks_unavailable"
+
+
+class IntrospectionUnavailableError(DependencyError):
+    default_reason = "introspection_unavailable"
+
+
+class ReplayStoreUnavailableError(DependencyError):
+    default_reason = "replay_store_unavailable"
+
+
+class UpstreamUnavailableError(DependencyError):
+    status = 502
+    default_reason = "upstream_unavailable"
+    retry_after_s = None
+
+
+class UpstreamTimeoutError(DependencyError):
+    status = 504
+    default_reason = "upstream_timeout"
+    retry_after_s = None
+
+
+class RouteNotFoundError(GatewayError):
+    status = 404
+    default_reason = "no_route"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    default_reason = "method_not_allowed"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    default_reason = "body_too_large"
+
+
+class ConfigError(Exception):
+    """Invalid configuration. ``problems`` are ``path: message`` lines, each naming the YAML field."""
+
+    def __init__(self, problems: list[str], *, source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "invalid configuration:\n  " + "\n  ".join(problems))

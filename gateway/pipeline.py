@@ -1,0 +1,69 @@
+"""The auth decision (steps 1-5), composed in one visible place, independent of forwarding.
+
+    AuthRequest -> credentials.extract -> tokens.verify -> binder.check -> policy.check -> Decision
+
+The proxy (``gateway.proxy``) calls ``AuthPipeline.decide`` and forwards only when it returns;
+any refusal is a ``GatewayError``. The same ``decide`` can serve an ext_authz / auth_request /
+forwardAuth endpoint, since nothing here knows about forwarding.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .config import AuthPolicy, RouteConfig
+from .model import ALLOW_ANONYMOUS, AuthRequest, Binding, Credentials, Decision, VerifiedToken
+
+__all__ = ("AuthPipeline", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
+
+
+class CredentialExtractor(Protocol):
+    """Step 2: Authorization / DPoP headers -> Credentials (raises InvalidRequest / MissingCredentials)."""
+
+    def __call__(self, req: AuthRequest, policy: AuthPolicy) -> Credentials: ...
+
+
+class TokenVerifier(Protocol):
+    """Step 3: is the token genuine and live? JWT (RFC 9068) or introspection (RFC 7662)."""
+
+    async def verify(self, token: str, policy: AuthPolicy) -> VerifiedToken: ...
+
+
+class BindingChecker(Protocol):
+    """Step 4: the sender constraint (cnf.x5t#S256 vs the client cert, cnf.jkt vs the DPoP proof)."""
+
+    async def check(
+        self, req: AuthRequest, creds: Credentials, token: VerifiedToken, policy: AuthPolicy
+    ) -> Binding: ...
+
+
+class PolicyChecker(Protocol):
+    """Step 5: audience, scopes, client and claim requirements; returns identity headers upstream."""
+
+    def __call__(
+        self, req: AuthRequest, token: VerifiedToken, binding: Binding, policy: AuthPolicy
+    ) -> Decision: ...
+
+
+class AuthPipeline:
+    def __init__(
+        self,
+        *,
+        extract: CredentialExtractor,
+        tokens: TokenVerifier,
+        binder: BindingChecker,
+        policy: PolicyChecker,
+    ) -> None:
+        self._extract = extract
+        self._tokens = tokens
+        self._binder = binder
+        self._policy = policy
+
+    async def decide(self, req: AuthRequest, route: RouteConfig) -> Decision:
+        policy = route.auth
+        if not isinstance(policy, AuthPolicy):  # explicit ``auth: none``
+            return ALLOW_ANONYMOUS
+        creds = self._extract(req, policy)
+        token = await self._tokens.verify(creds.token, policy)
+        binding = await self._binder.check(req, creds, token, policy)
+        return self._policy(req, token, binding, policy)
