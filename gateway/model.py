@@ -107,6 +107,9 @@ class Binding:
 
     type: BindingType
     thumbprint: str | None = None
+    # Headers for the client that the binding stage wants sent, e.g. a fresh DPoP-Nonce (RFC 9449 §8.2);
+    # the policy stage copies them into ``Decision.response_headers``.
+    response_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,149 @@
-"""``issuers:`` — who may issue access tokens and how their tokens are verified (issue: tokens).
+"""``issuers:`` — who may issue access tokens and how their tokens are verified.
 
-Placeholder: the token-verification work fills this in.
+Each issuer says how its tokens are checked (``mode``): locally as RFC 9068 JWTs, by RFC 7662
+introspection, or JWTs locally with introspection for opaque tokens. Keys come from exactly one
+source: ``jwks_uri``, a static ``jwks_file``, or ``discovery`` (RFC 8414 / OpenID metadata).
+Secrets are written as ``${VAR}`` so they stay out of the file.
 """
 
 from __future__ import annotations
 
-from .base import Model
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, SecretStr, model_validator
+
+from .base import FilePath, Model
+
+# Asymmetric algorithms only: ``none`` and HS* are never accepted (RFC 8725 §3.1, RFC 9068 §4).
+SigningAlg = Literal["PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512"]
+IssuerMode = Literal["jwt", "introspection", "jwt_with_introspection_fallback"]
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"]
+
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+CacheSize = Annotated[int, Field(ge=1, le=10_000_000)]
+
+# FAPI 2.0 §5.4.1 algorithms; RS256 only when an operator lists it.
+DEFAULT_ALGORITHMS: tuple[SigningAlg, ...] = ("PS256", "ES256", "EdDSA")
+# RFC 9068 §2.2 marks these REQUIRED; iss, exp and aud are always checked on top of them.
+DEFAULT_REQUIRED_CLAIMS: tuple[str, ...] = ("sub", "client_id", "iat", "jti")
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("not an absolute http(s) URL")
+    if parts.fragment:
+        raise ValueError("must not carry a fragment")
+    return value
+
+
+AbsUrl = Annotated[str, AfterValidator(_url)]
+
+
+class ClientAuth(Model):
+    """How the gateway authenticates to the introspection endpoint (RFC 7662 §2.1)."""
+
+    method: ClientAuthMethod
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret: SecretStr | None = None
+    # private_key_jwt (RFC 7523): PEM private key, its algorithm and optional kid.
+    private_key: FilePath | None = None
+    private_key_alg: SigningAlg = "PS256"
+    private_key_kid: str | None = None
+    # tls_client_auth (RFC 8705 §2.1): the client certificate presented to the AS.
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _material(self) -> ClientAuth:
+        if self.method in ("client_secret_basic", "client_secret_post"):
+            if self.client_secret is None or not self.client_secret.get_secret_value():
+                raise ValueError(f"{self.method} needs client_secret (e.g. client_secret: ${{AS_SECRET}})")
+        elif self.method == "private_key_jwt":
+            if self.private_key is None:
+                raise ValueError("private_key_jwt needs private_key (a PEM file)")
+        elif self.tls_cert is None or self.tls_key is None:
+            raise ValueError("tls_client_auth needs tls_cert and tls_key")
+        if self.method != "tls_client_auth" and (self.tls_cert or self.tls_key):
+            raise ValueError("tls_cert/tls_key are only used with method: tls_client_auth")
+        return self
+
+
+class IntrospectionConfig(Model):
+    """RFC 7662 introspection of one issuer's tokens, with bounded caches."""
+
+    # Default: introspection_endpoint from the issuer's metadata (needs discovery).
+    endpoint: AbsUrl | None = None
+    client_auth: ClientAuth
+    # ``jwt``: ask for and verify a signed RFC 9701 response (typ token-introspection+jwt).
+    response: Literal["json", "jwt"] = "json"
+    # Positive results live until min(cache_ttl_s, exp); 0 disables caching (sensitive routes).
+    cache_ttl_s: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    negative_cache_ttl_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    cache_size: CacheSize = 10_000
+    negative_cache_size: CacheSize = 10_000
+    timeout_s: Seconds = 3.0
+    # At most this many introspection calls in flight at once (protects the AS).
+    max_concurrent_calls: Annotated[int, Field(ge=1, le=10_000)] = 64
 
 
 class IssuerConfig(Model):
-    name: str
-    issuer: str
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    # Compared byte for byte with ``iss`` (RFC 9068 §4): no normalisation, no trailing-slash games.
+    issuer: AbsUrl
+    mode: IssuerMode = "jwt"
+    # Key source: exactly one of these for JWT modes (or for RFC 9701 responses).
+    jwks_uri: AbsUrl | None = None
+    jwks_file: FilePath | None = None
+    # true: RFC 8414 metadata, then OpenID Connect discovery, under the issuer URL; or a metadata URL.
+    discovery: bool | AbsUrl = False
+    algorithms: Annotated[tuple[SigningAlg, ...], Field(min_length=1)] = DEFAULT_ALGORITHMS
+    # RFC 9068 §4 requires typ at+jwt; plain ``JWT`` only for legacy servers, explicitly.
+    allow_legacy_jwt_typ: bool = False
+    required_claims: tuple[str, ...] = DEFAULT_REQUIRED_CLAIMS
+    # Clock skew allowed on exp, nbf and iat (FAPI 2.0: accept up to 10 s in the future).
+    leeway_s: Annotated[float, Field(ge=0, le=300)] = 10.0
+    # Refuse tokens whose exp - iat exceeds this (RFC 9449 §11.2 spirit); None: no limit.
+    max_lifetime_s: Seconds | None = None
+    # Verified-token cache: by SHA-256(token), until exp, capped by token_cache_ttl_s.
+    token_cache_size: CacheSize = 10_000
+    token_cache_ttl_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # JWKS cache: periodic refresh, unknown-kid refetch at most once per cooldown, stale-on-error.
+    jwks_refresh_s: Seconds = 300.0
+    jwks_refetch_cooldown_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    jwks_max_stale_s: Seconds = 86400.0
+    jwks_max_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    http_timeout_s: Seconds = 5.0
+    # Extra trust anchors (PEM) for the AS's TLS certificate; default: the system store.
+    ca: FilePath | None = None
+    # Metadata/JWKS/introspection over plain http:// (FAPI forbids it: dev and tests only).
+    allow_insecure_http: bool = False
+    introspection: IntrospectionConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IssuerConfig:
+        sources = [s for s in (self.jwks_uri, self.jwks_file, self.discovery or None) if s]
+        needs_keys = self.mode != "introspection" or (
+            self.introspection is not None and self.introspection.response == "jwt"
+        )
+        if len(sources) > 1:
+            raise ValueError("set only one of jwks_uri, jwks_file or discovery")
+        if needs_keys and not sources:
+            raise ValueError(f"mode {self.mode} needs a key source: jwks_uri, jwks_file or discovery")
+        if self.mode != "jwt":
+            if self.introspection is None:
+                raise ValueError(f"mode {self.mode} needs an introspection: block")
+            if self.introspection.endpoint is None and not self.discovery:
+                raise ValueError("introspection.endpoint is required unless discovery is enabled")
+        if not self.allow_insecure_http:
+            urls = [self.jwks_uri, self.discovery if isinstance(self.discovery, str) else None]
+            urls.append(self.introspection.endpoint if self.introspection else None)
+            if self.discovery is True:
+                urls.append(self.issuer)
+            for url in urls:
+                if url and not url.startswith("https://"):
+                    raise ValueError(
+                        f"{url} is not https:// (FAPI requires TLS; allow_insecure_http: true for dev only)"
+                    )
+        return self

@@ -21,8 +21,8 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PATH_HEAD = re.compile(r"^([A-Za-z0-9_\[\].#-]+): ")
 
 
-class _Missing(Exception):
-    pass
+# pydantic's names for validator and tagged-union branches: not part of the YAML path.
+_BRANCH_NAMES = frozenset(("function-after", "function-before", "function-wrap", "policy", "none"))
 
 
 def _expand(text: str, where: str, problems: list[str]) -> str:
@@ -75,7 +75,7 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before", "function-wrap") or "[" in str(part):
+        elif part in _BRANCH_NAMES or "[" in str(part):
             # pydantic's names for union/validator branches: not part of the YAML path
             continue
         else:

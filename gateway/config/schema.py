@@ -11,7 +11,7 @@ import ipaddress
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from .auth import AuthPolicy
 from .base import FilePath, Model
@@ -135,16 +135,26 @@ class RouteMatch(Model):
         return self
 
 
+def _auth_kind(value: object) -> str:
+    # One branch per shape, so an error names the field that is wrong, not every union branch.
+    return "none" if isinstance(value, str) else "policy"
+
+
 class RouteConfig(Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     match: RouteMatch
     # Name of an entry in ``upstreams:``, or an inline URL.
     upstream: str
     # ``none`` switches auth off for this route; it must be written out (default deny).
-    auth: AuthPolicy | Literal["none"]
+    auth: Annotated[
+        Annotated[AuthPolicy, Tag("policy")] | Annotated[Literal["none"], Tag("none")],
+        Discriminator(_auth_kind),
+    ]
     max_body_bytes: Annotated[int, Field(ge=0)] = 10 * 1024 * 1024
     # Forward the client's Authorization/DPoP headers upstream (many banking backends re-check).
     forward_credentials: bool = True
+    # The origin clients use for this route (DPoP htu), overriding listen.external_origin.
+    external_origin: Origin | None = None
 
 
 class GatewayConfig(Model):
@@ -188,7 +198,7 @@ class GatewayConfig(Model):
                         problems.append(f"{where}.auth.issuers[{k}]: no issuer named {name!r} under issuers:")
                 if route.auth.sender_constraint == "mtls" and (
                     self.listen.tls is None or self.listen.tls.client_auth == "none"
-                ) and not self.client_certs.model_dump():
+                ) and self.client_certs.front_proxy is None:
                     problems.append(
                         f"{where}.auth.sender_constraint: mtls needs client certificates "
                         "(listen.tls.client_auth is none and no front-proxy source is configured)"

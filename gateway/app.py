@@ -1,0 +1,288 @@
+"""The app factory: wiring only. Builds every stage from the config and composes them.
+
+    request -> routing -> AuthRequest (tls peer cert, external URL) -> AuthPipeline.decide
+            -> proxy (header policy, streaming forward) -> response
+
+Everything built from one config lives in a ``GatewayState``; a reload builds a new state and
+swaps it, and a request keeps the state it started with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .challenge import ChallengeSettings, nonce_header, render_challenges
+from .config import AuthPolicy, GatewayConfig
+from .errors import (
+    DependencyError,
+    GatewayError,
+    InvalidTokenError,
+    MissingCredentialsError,
+    OAuthError,
+    Scheme,
+)
+from .model import AuthRequest, Binding, Credentials, Decision, PeerCertificate, VerifiedToken
+from .observability.metrics import Metrics
+from .pipeline import AuthPipeline
+from .proxy import HeaderPolicy, interaction_id
+from .proxy.forward import Forwarder, UpstreamClient
+from .proxy.headers import DEFAULT_IDENTITY_HEADERS
+from .routing import Route, Router, check_path
+
+__all__ = ("STATE", "GatewayState", "StateHolder", "build_app", "build_pipeline", "build_state")
+
+log = logging.getLogger("gateway")
+
+
+class Lifecycle(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+# --- interim fail-closed stages, replaced as the token/binding stages land -------------------
+
+def _no_extract(req: AuthRequest, policy: AuthPolicy) -> Credentials:
+    if "Authorization" not in req.headers:
+        raise MissingCredentialsError()
+    raise InvalidTokenError("token verification is not configured", reason="not_configured")
+
+
+class _NoTokens:
+    async def verify(self, token: str, policy: AuthPolicy) -> VerifiedToken:
+        raise InvalidTokenError("token verification is not configured", reason="not_configured")
+
+
+class _NoBinder:
+    async def check(
+        self, req: AuthRequest, creds: Credentials, token: VerifiedToken, policy: AuthPolicy
+    ) -> Binding:
+        raise InvalidTokenError("binding verification is not configured", reason="not_configured")
+
+
+def _no_policy(req: AuthRequest, token: VerifiedToken, binding: Binding, policy: AuthPolicy) -> Decision:
+    raise InvalidTokenError("route policy is not configured", reason="not_configured")
+
+
+def build_pipeline(
+    cfg: GatewayConfig, metrics: Metrics
+) -> tuple[AuthPipeline, list[Lifecycle], frozenset[str]]:
+    """The auth stages for ``cfg``, their start/close hooks, and the header names they inject.
+
+    ``metrics`` outlives reloads; stages count their own events on it (JWKS fetches, ...).
+    """
+    lifecycles: list[Lifecycle] = []
+    injected: frozenset[str] = frozenset()
+    pipeline = AuthPipeline(extract=_no_extract, tokens=_NoTokens(), binder=_NoBinder(), policy=_no_policy)
+    return pipeline, lifecycles, injected
+
+
+# --- per-route runtime -----------------------------------------------------------------------
+
+def _schemes(policy: AuthPolicy | str) -> tuple[Scheme, ...]:
+    if not isinstance(policy, AuthPolicy):
+        return ()
+    if policy.sender_constraint == "dpop":
+        return ("DPoP",)
+    if policy.sender_constraint == "mtls":
+        return ("Bearer",)
+    return ("Bearer", "DPoP")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuntime:
+    route: Route
+    headers: HeaderPolicy
+    challenge: ChallengeSettings
+    upstream: UpstreamClient
+
+
+_NO_CHALLENGE = ChallengeSettings(schemes=())
+
+
+class GatewayState:
+    """Everything built from one configuration."""
+
+    def __init__(self, cfg: GatewayConfig, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.router = Router(cfg)
+        self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics)
+        strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
+        dpop_algs = tuple(getattr(cfg.dpop, "algorithms", ("ES256", "PS256", "EdDSA")))
+        self.upstreams: dict[str, UpstreamClient] = {}
+        self.routes: dict[str, RouteRuntime] = {}
+        for route in self.router.routes:
+            up = self.upstreams.setdefault(route.upstream.url, UpstreamClient(route.upstream))
+            policy = route.config.auth
+            self.routes[route.id] = RouteRuntime(
+                route=route,
+                headers=HeaderPolicy(strip=strip, forward_credentials=route.config.forward_credentials),
+                challenge=ChallengeSettings(
+                    schemes=_schemes(policy),
+                    realm=getattr(policy, "realm", None),
+                    dpop_algs=dpop_algs,
+                ),
+                upstream=up,
+            )
+        self.forwarder = Forwarder(self.upstreams)
+        listen = cfg.listen
+        self.scheme = "https" if listen.tls is not None else "http"
+        self.origin = listen.external_origin
+        self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in listen.trusted_proxies)
+        self.default_headers = HeaderPolicy()
+
+    def is_trusted(self, remote: str | None) -> bool:
+        if not self.trusted or not remote:
+            return False
+        try:
+            addr = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    async def start(self) -> None:
+        for lc in self._lifecycles:
+            await lc.start()
+
+    async def close(self) -> None:
+        for lc in reversed(self._lifecycles):
+            await lc.close()
+        for up in self.upstreams.values():
+            await up.close()
+
+
+class StateHolder:
+    """The current state; replaced whole on reload."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.current = state
+
+
+STATE = web.AppKey("gateway_state", StateHolder)
+
+
+def build_state(cfg: GatewayConfig, metrics: Metrics | None = None) -> GatewayState:
+    return GatewayState(cfg, metrics or Metrics())
+
+
+# --- the request handler ---------------------------------------------------------------------
+
+def _peer_cert(request: web.BaseRequest) -> PeerCertificate | None:
+    transport = request.transport
+    if transport is None:
+        return None
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    return PeerCertificate(der) if der else None
+
+
+def error_response(
+    exc: GatewayError, challenge: ChallengeSettings, fapi_id: str
+) -> web.Response:
+    headers = CIMultiDict[str]()
+    headers["x-fapi-interaction-id"] = fapi_id
+    headers["Cache-Control"] = "no-store"
+    body: dict[str, str] = {}
+    if isinstance(exc, OAuthError):
+        www = render_challenges(exc, challenge)
+        if www:
+            headers["WWW-Authenticate"] = www
+        nonce = nonce_header(exc)
+        if nonce:
+            headers["DPoP-Nonce"] = nonce
+        if exc.error:
+            body["error"] = exc.error
+    else:
+        body["error"] = exc.reason
+    if exc.description:
+        body["error_description"] = exc.description[:200]
+    if isinstance(exc, DependencyError) and exc.retry_after_s:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return web.Response(
+        status=exc.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
+    )
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE].current
+    fapi_id = interaction_id(request.headers)
+    challenge = _NO_CHALLENGE
+    try:
+        check_path(request.raw_path)
+        host = (request.host or "").rsplit(":", 1)[0].lower() if request.host else ""
+        route = state.router.match(request.method, host, request.path)
+        rt = state.routes[route.id]
+        challenge = rt.challenge
+        remote = request.remote or ""
+        trusted = state.is_trusted(remote)
+        req_headers = request.headers
+        proto = state.scheme
+        public_host = request.host
+        if trusted:
+            proto = req_headers.get("X-Forwarded-Proto", proto).split(",")[0].strip() or proto
+            fwd_host = req_headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+            public_host = fwd_host or public_host
+        origin = route.config.external_origin or state.origin or f"{proto}://{public_host}"
+        auth_req = AuthRequest(
+            method=request.method,
+            url=origin + request.raw_path.split("?", 1)[0],
+            path=request.path,
+            query_string=request.query_string,
+            headers=req_headers,
+            peer_cert=_peer_cert(request),
+            remote=remote,
+        )
+        decision = await state.pipeline.decide(auth_req, route.config)
+        up_headers = rt.headers.upstream_request_headers(
+            req_headers,
+            client_ip=remote,
+            proto=proto,
+            host=public_host,
+            fapi_id=fapi_id,
+            inject=decision.upstream_headers,
+            prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
+        )
+        resp, _status = await state.forwarder.forward(
+            request,
+            rt.upstream,
+            up_headers,
+            max_body_bytes=route.config.max_body_bytes,
+            header_policy=rt.headers,
+            extra_response_headers=(("x-fapi-interaction-id", fapi_id), *decision.response_headers),
+        )
+        return resp
+    except GatewayError as exc:
+        log.debug("refused %s %s: %s", request.method, request.path, exc.reason)
+        return error_response(exc, challenge, fapi_id)
+
+
+def build_app(
+    cfg: GatewayConfig, *, state: GatewayState | None = None, metrics: Metrics | None = None
+) -> web.Application:
+    """The public application for ``cfg`` (TLS is applied by the server that runs it)."""
+    app = web.Application(handler_args={"max_field_size": 16384})
+    app[STATE] = StateHolder(state or build_state(cfg, metrics))
+    app.router.add_route("*", "/{tail:.*}", handle)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        st = app[STATE].current
+        await st.start()
+        yield
+        await app[STATE].current.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def injected_header_names(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(n.lower() for n in names)

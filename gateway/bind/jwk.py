@@ -1,0 +1,210 @@
+"""Public JSON Web Keys for DPoP proofs: RFC 7517 (JWK), RFC 7518 §6 (key parameters), RFC 8037
+(OKP/Ed25519) and RFC 7638 (JWK thumbprint).
+
+A proof carries its own key in the ``jwk`` header (RFC 9449 §4.2). It must be a *public* key of the
+type its ``alg`` names; key sizes follow FAPI 2.0 §5.4.1 (RSA >= 2048 bits). Keys are parsed with
+``cryptography`` and cached by their RFC 7638 canonical JSON, since one client reuses its key for
+every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TTLCache
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+__all__ = (
+    "ALG_KEY_TYPES",
+    "JwkCache",
+    "JwkError",
+    "PublicJwk",
+    "PublicKey",
+    "b64url_decode",
+    "jwk_thumbprint",
+    "parse_public_jwk",
+)
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+# RFC 7517 §4 / RFC 7518 §6: members that only a private (or symmetric) key has.
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+# RFC 7638 §3.2: the required members of each key type, the only ones hashed.
+_THUMBPRINT_MEMBERS: dict[str, tuple[str, ...]] = {
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+    "OKP": ("crv", "kty", "x"),
+}
+
+_EC_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {
+    "P-256": (ec.SECP256R1(), 32),
+    "P-384": (ec.SECP384R1(), 48),
+    "P-521": (ec.SECP521R1(), 66),
+}
+
+# alg -> (kty, crv or None). RFC 8725 §3.1: each key is used with exactly one algorithm family.
+ALG_KEY_TYPES: dict[str, tuple[str, str | None]] = {
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "RS256": ("RSA", None),
+    "EdDSA": ("OKP", "Ed25519"),
+}
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class JwkError(ValueError):
+    """The JWK is unusable. The message is short, fixed text: it never repeats key material."""
+
+
+def b64url_decode(value: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 §2): no ``=``, no whitespace, no other alphabet."""
+    if len(value) % 4 == 1 or _B64URL.fullmatch(value) is None:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class PublicJwk:
+    kty: str
+    crv: str | None
+    key: PublicKey
+    thumbprint: str  # RFC 7638, SHA-256, base64url
+
+
+def _canonical(jwk: Mapping[str, Any]) -> tuple[str, str]:
+    """(kty, RFC 7638 canonical JSON of the required members)."""
+    kty = jwk.get("kty")
+    if not isinstance(kty, str) or kty not in _THUMBPRINT_MEMBERS:
+        raise JwkError("unsupported key type (kty)")
+    members = {}
+    for name in _THUMBPRINT_MEMBERS[kty]:
+        value = jwk.get(name)
+        if not isinstance(value, str):
+            raise JwkError(f"key member {name} is missing or not a string")
+        members[name] = value
+    # RFC 7638 §3.3: lexicographic member order, no whitespace. The values were checked to be
+    # strings; json.dumps escapes anything outside ASCII, as §3.3 requires for the hash input.
+    return kty, json.dumps(members, sort_keys=True, separators=(",", ":"))
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint, base64url, no padding. Optional members (alg, kid, use) are ignored."""
+    _, canonical = _canonical(jwk)
+    digest = hashlib.sha256(canonical.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _decode_member(jwk: Mapping[str, Any], name: str) -> bytes:
+    try:
+        return b64url_decode(jwk[name])
+    except ValueError:
+        raise JwkError(f"key member {name} is not base64url") from None
+
+
+def _load_key(
+    jwk: Mapping[str, Any], kty: str, min_rsa_bits: int, max_rsa_bits: int
+) -> tuple[PublicKey, str | None]:
+    if kty == "EC":
+        crv = jwk["crv"]
+        if crv not in _EC_CURVES:
+            raise JwkError("unsupported EC curve")
+        curve, size = _EC_CURVES[crv]
+        x, y = _decode_member(jwk, "x"), _decode_member(jwk, "y")
+        # RFC 7518 §6.2.1.2/§6.2.1.3: coordinates are the full curve size, not shortened.
+        if len(x) != size or len(y) != size:
+            raise JwkError("EC coordinates have the wrong length for the curve")
+        try:
+            # Checks the point is on the curve (invalid-curve attacks).
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve, b"\x04" + x + y), crv
+        except ValueError:
+            raise JwkError("EC point is not on the curve") from None
+    if kty == "RSA":
+        n_bytes, e_bytes = _decode_member(jwk, "n"), _decode_member(jwk, "e")
+        if not n_bytes or n_bytes[0] == 0 or not e_bytes or e_bytes[0] == 0:
+            raise JwkError("RSA n and e must be minimal unsigned integers")
+        n, e = int.from_bytes(n_bytes, "big"), int.from_bytes(e_bytes, "big")
+        bits = n.bit_length()
+        # FAPI 2.0 §5.4.1: at least 2048 bits; the upper bound caps verification cost (DPOP-25).
+        if bits < min_rsa_bits or bits > max_rsa_bits:
+            raise JwkError(f"RSA key size must be {min_rsa_bits}..{max_rsa_bits} bits")
+        # Only the standard exponent: anything else is either weak (e=3) or a cost attack.
+        if e != 65537:
+            raise JwkError("RSA public exponent must be 65537")
+        return rsa.RSAPublicNumbers(e, n).public_key(), None
+    # OKP (RFC 8037 §2): FAPI 2.0 allows the Ed25519 variant of EdDSA only.
+    crv = jwk["crv"]
+    if crv != "Ed25519":
+        raise JwkError("unsupported OKP curve (only Ed25519)")
+    x = _decode_member(jwk, "x")
+    if len(x) != 32:
+        raise JwkError("Ed25519 key has the wrong length")
+    return ed25519.Ed25519PublicKey.from_public_bytes(x), crv
+
+
+def _check_public_only(jwk: Mapping[str, Any]) -> None:
+    # RFC 9449 §4.2: the jwk "MUST NOT contain a private key"; "k" would be a symmetric key.
+    if not PRIVATE_MEMBERS.isdisjoint(jwk.keys()):
+        raise JwkError("the jwk contains private key material")
+
+
+def parse_public_jwk(
+    jwk: Mapping[str, Any], *, min_rsa_bits: int = 2048, max_rsa_bits: int = 8192
+) -> PublicJwk:
+    """Parse a public JWK, refusing private or symmetric members; raises ``JwkError``."""
+    _check_public_only(jwk)
+    kty, canonical = _canonical(jwk)
+    return _build(jwk, kty, canonical, min_rsa_bits, max_rsa_bits)
+
+
+def _build(
+    jwk: Mapping[str, Any], kty: str, canonical: str, min_rsa_bits: int, max_rsa_bits: int
+) -> PublicJwk:
+    key, crv = _load_key(jwk, kty, min_rsa_bits, max_rsa_bits)
+    digest = hashlib.sha256(canonical.encode("ascii")).digest()
+    thumbprint = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return PublicJwk(kty=kty, crv=crv, key=key, thumbprint=thumbprint)
+
+
+class JwkCache:
+    """Parsed keys by RFC 7638 canonical JSON: bounded in size and age (LRU with TTL).
+
+    The key is the canonical JSON of the required members, so the same key sent with different
+    optional members (``kid``, ``alg``) is one entry. Failures are not cached.
+    """
+
+    def __init__(
+        self,
+        *,
+        maxsize: int = 10_000,
+        ttl_s: float = 3600.0,
+        min_rsa_bits: int = 2048,
+        max_rsa_bits: int = 8192,
+    ) -> None:
+        self._cache: TTLCache[str, PublicJwk] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+        self._min_rsa_bits = min_rsa_bits
+        self._max_rsa_bits = max_rsa_bits
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def get(self, jwk: Mapping[str, Any]) -> PublicJwk:
+        _check_public_only(jwk)  # before the cache: a private member is refused whatever the rest is
+        kty, canonical = _canonical(jwk)
+        hit = self._cache.get(canonical)
+        if hit is not None:
+            return hit
+        parsed = _build(jwk, kty, canonical, self._min_rsa_bits, self._max_rsa_bits)
+        self._cache[canonical] = parsed
+        return parsed

@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, the JSON access log and TLS handshake-failure accounting."""

@@ -1,0 +1,209 @@
+"""The structured access log: one JSON line per request, written off the event loop.
+
+The line is built only from typed fields of ``AccessRecord`` (route id, status, reason code,
+client id, binding thumbprint, ...), never from raw headers, so no token, DPoP proof, secret or
+PEM can reach it (OPS-01), and every request's ``x-fapi-interaction-id`` is in it (FAPI-03).
+
+Cost on the event loop: one dict comprehension, one ``json.dumps`` and one non-blocking
+``put_nowait``. A daemon thread does the I/O. When the queue is full (stalled disk or stdout
+pipe) lines are dropped and counted rather than blocking request handling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Final
+from urllib.parse import parse_qsl, quote
+
+from ..config.observability import DEFAULT_ACCESS_LOG_FIELDS, AccessLogConfig, AccessLogField
+
+__all__ = ("AccessLog", "AccessRecord", "redact_query")
+
+log = logging.getLogger(__name__)
+
+_MAX_PATH: Final = 2048
+# Query parameters whose values are credentials somewhere (RFC 6750 §2.3, OAuth flows).
+_SECRET_PARAMS: Final = frozenset(
+    {
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "token",
+        "code",
+        "client_secret",
+        "client_assertion",
+        "assertion",
+        "password",
+        "dpop",
+        "request",
+        "state",
+        "api_key",
+        "apikey",
+        "key",
+        "signature",
+        "sig",
+    }
+)
+_STOP: Final = object()
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """What is known about a finished request. Every field is already safe to log."""
+
+    method: str
+    path: str
+    status: int
+    latency_s: float
+    route: str | None = None
+    query: str = ""
+    reason: str | None = None
+    client_id: str | None = None
+    binding: str | None = None
+    thumbprint: str | None = None
+    interaction_id: str | None = None
+    upstream_status: int | None = None
+    upstream_latency_s: float | None = None
+    remote: str | None = None
+    jti: str | None = None
+
+
+def redact_query(query: str) -> str:
+    """The query with the values of credential-like parameters replaced by ``redacted``."""
+    if not query:
+        return ""
+    out = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        shown = "redacted" if name.lower() in _SECRET_PARAMS else value
+        out.append(f"{quote(name, safe='')}={quote(shown, safe='')}")
+    return "&".join(out)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _iso_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def _path(rec: AccessRecord, include_query: bool) -> str:
+    path = rec.path if len(rec.path) <= _MAX_PATH else rec.path[:_MAX_PATH] + "..."
+    if include_query and rec.query:
+        return f"{path}?{redact_query(rec.query)}"
+    return path
+
+
+_GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
+    "time": lambda r: _iso_now(),
+    "route": lambda r: r.route,
+    "method": lambda r: r.method,
+    "path": lambda r: _path(r, False),
+    "status": lambda r: r.status,
+    "latency_ms": lambda r: _ms(r.latency_s),
+    "reason": lambda r: r.reason,
+    "client_id": lambda r: r.client_id,
+    "binding": lambda r: r.binding,
+    "thumbprint": lambda r: r.thumbprint,
+    "interaction_id": lambda r: r.interaction_id,
+    "upstream_status": lambda r: r.upstream_status,
+    "upstream_latency_ms": lambda r: _ms(r.upstream_latency_s),
+    "remote": lambda r: r.remote,
+    "jti": lambda r: r.jti,
+}
+
+
+class _Writer(threading.Thread):
+    """Drains the queue into a stream; flushes once per batch, not once per line."""
+
+    def __init__(self, q: queue.Queue[object], stream: IO[str], owns_stream: bool) -> None:
+        super().__init__(name="gateway-access-log", daemon=True)
+        self._q = q
+        self._stream = stream
+        self._owns = owns_stream
+
+    def run(self) -> None:
+        q, stream = self._q, self._stream
+        while True:
+            item = q.get()
+            stop = item is _STOP
+            try:
+                if not stop:
+                    stream.write(item)  # type: ignore[arg-type]
+                # Batch whatever else is already queued before one flush.
+                while not stop:
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        stream.write(item)  # type: ignore[arg-type]
+                stream.flush()
+            except (OSError, ValueError) as exc:
+                # A broken pipe or closed file must not kill the gateway; say so once and go on.
+                log.warning("access log write failed: %s", type(exc).__name__)
+            if stop:
+                if self._owns:
+                    stream.close()
+                return
+
+
+class AccessLog:
+    """``emit(record)`` from the request handler; ``close()`` at shutdown flushes what is queued.
+
+    ``AccessLog(cfg.observability.access_log)`` writes where the config says; tests may pass a
+    ``stream``.
+    """
+
+    def __init__(self, cfg: AccessLogConfig | None = None, *, stream: IO[str] | None = None) -> None:
+        cfg = cfg or AccessLogConfig()
+        self.enabled = cfg.enabled
+        self.dropped = 0
+        fields: tuple[AccessLogField, ...] = cfg.fields or DEFAULT_ACCESS_LOG_FIELDS
+        getters = dict(_GETTERS)
+        if cfg.include_query:
+            getters["path"] = lambda r: _path(r, True)
+        self._getters: tuple[tuple[str, Callable[[AccessRecord], Any]], ...] = tuple(
+            (f, getters[f]) for f in fields
+        )
+        self._q: queue.Queue[object] = queue.Queue(maxsize=cfg.queue_size)
+        owns = False
+        if stream is None:
+            if cfg.destination == "file" and cfg.file:
+                stream = open(cfg.file, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+                owns = True
+            else:
+                stream = sys.stderr if cfg.destination == "stderr" else sys.stdout
+        self._writer = _Writer(self._q, stream, owns) if self.enabled else None
+        if self._writer is not None:
+            self._writer.start()
+
+    def emit(self, rec: AccessRecord) -> None:
+        if self._writer is None:
+            return
+        line = json.dumps({name: get(rec) for name, get in self._getters}, separators=(",", ":"))
+        try:
+            self._q.put_nowait(line + "\n")
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush queued lines and stop the writer (idempotent)."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            self._q.put(_STOP, timeout=timeout_s)
+        except queue.Full:
+            return
+        writer.join(timeout_s)

@@ -1,0 +1,319 @@
+"""Prometheus metrics with closed, low-cardinality label sets.
+
+One ``Metrics`` object per application. It owns its own ``CollectorRegistry`` so two apps in one
+process (tests, a reload building a new app) never collide on the global registry.
+
+Label values come only from configuration (route ids, issuer names) or from closed enums chosen
+by the code (method class, status, reason codes, TLS failure reasons). Every label that could be
+fed a value at run time goes through a ``_LabelGuard``: a value that is not a short
+``[a-z0-9_]`` code, or that would push the number of distinct values past a small cap, is counted
+as ``other``. A bug that passes a token or a subject as a reason therefore cannot leak it into a
+scrape nor blow up cardinality (OPS-01).
+
+What other stages call (all cheap, none blocks):
+
+======================================  ===============================================
+``metrics.route(route_id)``             ``RouteMetrics`` with pre-bound children; the app
+                                        keeps one per route and calls ``.finished(...)``
+``metrics.in_flight``                   gauge; ``with metrics.in_flight.track_inprogress()``
+``metrics.introspection_call(iss, o)``  ``o`` in ``active | inactive | error``
+``metrics.introspection_cache_lookup``  ``(issuer, hit)``: True on a cache hit, False on a miss
+``metrics.jwks_fetch(iss, ok)``         one JWKS fetch; ``ok`` False counts a failure
+``metrics.replay_store_error(store)``   ``store`` in ``redis | memory``
+``metrics.front_proxy_cert_dropped()``  a client-cert header from an untrusted peer dropped
+``metrics.tls_handshake_failed(r)``     ``r`` from ``gateway.observability.tls``
+``metrics.config_reload(ok)``           one reload attempt, good or refused
+======================================  ===============================================
+
+Stages that should not import this module take a small callback instead, e.g.
+``functools.partial(metrics.jwks_fetch, "bank-as")`` as a ``Callable[[bool], None]``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = (
+    "CONTENT_TYPE",
+    "MethodClass",
+    "Metrics",
+    "RouteMetrics",
+    "method_class",
+)
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+MethodClass = Literal["read", "write", "other"]
+
+_METHOD_CLASS: Final[dict[str, MethodClass]] = {
+    "GET": "read",
+    "HEAD": "read",
+    "OPTIONS": "read",
+    "POST": "write",
+    "PUT": "write",
+    "PATCH": "write",
+    "DELETE": "write",
+}
+
+# End-to-end and upstream: sub-millisecond for a cached token up to a slow banking backend.
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# Auth stage: a cache hit is tens of microseconds; introspection or a JWKS fetch is milliseconds.
+AUTH_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
+
+UNMATCHED_ROUTE: Final = "_unmatched"
+NO_REASON: Final = "none"
+OTHER: Final = "other"
+
+_CODE = re.compile(r"^[a-z0-9_]{1,48}$")
+_ROUTE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def method_class(method: str) -> MethodClass:
+    """Map an HTTP method to ``read | write | other`` (unknown or extension methods: ``other``)."""
+    return _METHOD_CLASS.get(method, "other")
+
+
+class _LabelGuard:
+    """Admit a label value only if it looks like a code and the set of values stays small."""
+
+    __slots__ = ("_limit", "_pattern", "_seen")
+
+    def __init__(self, limit: int, pattern: re.Pattern[str] = _CODE, preset: Iterable[str] = ()) -> None:
+        self._pattern = pattern
+        self._limit = limit
+        self._seen: set[str] = set(preset)
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit or not self._pattern.match(value):
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+def _status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else OTHER
+
+
+class RouteMetrics:
+    """One route's pre-bound metric children: the hot path does a dict lookup and two ``inc``s.
+
+    Request counters are cached per ``(method class, status, reason)``; with a closed set of
+    reasons and statuses that cache stays small.
+    """
+
+    __slots__ = ("_auth", "_duration", "_metrics", "_requests", "_route", "_upstream")
+
+    def __init__(self, metrics: Metrics, route_id: str) -> None:
+        self._metrics = metrics
+        self._route = route_id
+        on = metrics.latency_histograms
+        self._duration = metrics.request_duration.labels(route_id) if on else None
+        self._auth = metrics.auth_duration.labels(route_id) if on else None
+        self._upstream = metrics.upstream_duration.labels(route_id) if on else None
+        self._requests: dict[tuple[str, int, str], Counter] = {}
+
+    def finished(
+        self,
+        method: str,
+        status: int,
+        reason: str | None,
+        duration_s: float,
+        auth_s: float | None = None,
+        upstream_s: float | None = None,
+    ) -> None:
+        """Count one finished request. ``reason`` is the refusal's reason code, None when allowed."""
+        key = (method, status, reason or NO_REASON)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._bind(key)
+        child.inc()
+        if self._duration is not None:
+            self._duration.observe(duration_s)
+            if auth_s is not None and self._auth is not None:
+                self._auth.observe(auth_s)
+            if upstream_s is not None and self._upstream is not None:
+                self._upstream.observe(upstream_s)
+
+    def _bind(self, key: tuple[str, int, str]) -> Counter:
+        method, status, reason = key
+        m = self._metrics
+        child = m.requests.labels(
+            self._route, method_class(method), _status_label(status), m.reason_label(reason)
+        )
+        # Unknown methods are folded into "other" above; keep them out of the cache key space too.
+        if len(self._requests) < 4096 and method in _METHOD_CLASS:
+            self._requests[key] = child
+        return child
+
+
+class Metrics:
+    """The gateway's metrics, in a registry of their own. ``render()`` is the /metrics body."""
+
+    def __init__(
+        self,
+        *,
+        route_ids: Iterable[str] = (),
+        issuers: Iterable[str] = (),
+        latency_histograms: bool = True,
+    ) -> None:
+        self.latency_histograms = latency_histograms
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests by route id, method class (read/write/other), status and refusal reason code.",
+            ("route", "method", "status", "reason"),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "End-to-end request latency as seen by the gateway (until the response is sent).",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_duration = Histogram(
+            "gateway_auth_duration_seconds",
+            "Time spent in the auth decision (credentials, token, binding, policy).",
+            ("route",),
+            buckets=AUTH_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Upstream latency until its response headers arrived.",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled right now.", registry=r)
+        self.introspection_requests = Counter(
+            "gateway_introspection_requests_total",
+            "Token introspection calls (RFC 7662) by issuer and outcome (active/inactive/error).",
+            ("issuer", "outcome"),
+            registry=r,
+        )
+        self.introspection_cache = Counter(
+            "gateway_introspection_cache_total",
+            "Introspection cache lookups by issuer and result (hit/miss).",
+            ("issuer", "result"),
+            registry=r,
+        )
+        self.jwks_fetches = Counter(
+            "gateway_jwks_fetches_total",
+            "JWKS fetches by issuer and outcome (ok/error).",
+            ("issuer", "outcome"),
+            registry=r,
+        )
+        self.replay_store_errors = Counter(
+            "gateway_replay_store_errors_total",
+            "DPoP replay-store operations that failed (the request was refused: fail closed).",
+            ("store",),
+            registry=r,
+        )
+        self.front_proxy_cert_headers_dropped = Counter(
+            "gateway_front_proxy_cert_headers_dropped_total",
+            "Client-certificate headers dropped because the sending peer is not a trusted proxy.",
+            registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            "gateway_tls_handshake_failures_total",
+            "TLS handshakes refused, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "gateway_config_reloads_total",
+            "Configuration reload attempts by result (success/failure; a failure keeps the old config).",
+            ("result",),
+            registry=r,
+        )
+        self.config_last_reload = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last configuration load that took effect.",
+            registry=r,
+        )
+        self.config_last_reload.set(time.time())
+
+        self._reasons = _LabelGuard(limit=128)
+        self._issuers = _LabelGuard(limit=64, pattern=_ROUTE_ID, preset=issuers)
+        self._tls_reasons = _LabelGuard(limit=32)
+        self._stores = _LabelGuard(limit=4, preset=("redis", "memory"))
+        self._routes: dict[str, RouteMetrics] = {}
+        self._route_guard = _LabelGuard(limit=1024, pattern=_ROUTE_ID, preset=(UNMATCHED_ROUTE,))
+        for rid in route_ids:
+            self.route(rid)
+        for outcome in ("success", "failure"):
+            self.config_reloads.labels(outcome)
+
+    # -- per request -------------------------------------------------------------------------
+
+    def route(self, route_id: str | None) -> RouteMetrics:
+        """The pre-bound metrics of one route (``None``: a request that matched no route)."""
+        rid = route_id or UNMATCHED_ROUTE
+        rm = self._routes.get(rid)
+        if rm is None:
+            label = self._route_guard(rid)
+            rm = self._routes.get(label) or RouteMetrics(self, label)
+            self._routes[label] = rm
+            if len(self._routes) < 2048:
+                self._routes[rid] = rm
+        return rm
+
+    def reason_label(self, reason: str) -> str:
+        return self._reasons(reason)
+
+    # -- events from the stages ---------------------------------------------------------------
+
+    def introspection_call(self, issuer: str, outcome: Literal["active", "inactive", "error"]) -> None:
+        self.introspection_requests.labels(self._issuers(issuer), outcome).inc()
+
+    def introspection_cache_lookup(self, issuer: str, hit: bool) -> None:
+        self.introspection_cache.labels(self._issuers(issuer), "hit" if hit else "miss").inc()
+
+    def jwks_fetch(self, issuer: str, ok: bool) -> None:
+        self.jwks_fetches.labels(self._issuers(issuer), "ok" if ok else "error").inc()
+
+    def replay_store_error(self, store: str = "redis") -> None:
+        self.replay_store_errors.labels(self._stores(store)).inc()
+
+    def front_proxy_cert_dropped(self) -> None:
+        self.front_proxy_cert_headers_dropped.inc()
+
+    def tls_handshake_failed(self, reason: str) -> None:
+        self.tls_handshake_failures.labels(self._tls_reasons(reason)).inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self.config_reloads.labels("success" if ok else "failure").inc()
+        if ok:
+            self.config_last_reload.set(time.time())
+
+    # -- exposition ---------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry (``CONTENT_TYPE`` is its media type)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,126 @@
+"""Step 1 in one object: which client certificate a request carries, and what goes upstream.
+
+    ClientCertificates(cfg)            built once from the whole config
+      .listening_context               SSLContext for the public listener (hot-reloaded), or None
+      .peer_certificate(request)       PeerCertificate | None, after every check (raises 400/401)
+      .upstream_header(peer)           (name, value) to inject toward the upstream, or None
+      .start() / .close()              reload watchers (TLS files, JWKS anchors, CRLs)
+
+Source of the certificate (RFC 8705 §3, §6.5; RFC 9700 §4.13):
+* the request comes from the configured trusted front proxy -> only its header counts (the TLS
+  certificate on that connection is the proxy's own and is never taken for the client's);
+* anyone else -> our own handshake; a certificate header they send is ignored, logged (rate
+  limited) and reported through ``on_untrusted_header(header_name)`` for the metric
+  ``gateway_untrusted_client_cert_headers_total{header}``; the proxy stage strips it.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Final
+
+from aiohttp import web
+
+from ..config.mtls import ClientCertConfig
+from ..config.schema import GatewayConfig
+from ..model import PeerCertificate
+from .checks import CertificateChecker
+from .crl import CrlStore
+from .front_proxy import FrontProxy
+from .peer import tls_peer_facts
+from .reload import ContextBuilder, TlsContextManager
+from .upstream import upstream_cert_header
+
+__all__ = ("CERT_HEADERS", "UNTRUSTED_HEADER_METRIC", "ClientCertificates")
+
+log = logging.getLogger(__name__)
+
+UNTRUSTED_HEADER_METRIC: Final = "gateway_untrusted_client_cert_headers_total"
+
+# Certificate-carrying headers watched for on untrusted requests (a closed set: metric label).
+CERT_HEADERS: Final = (
+    "X-Forwarded-Client-Cert",
+    "Client-Cert",
+    "Client-Cert-Chain",
+    "X-Client-Cert",
+    "X-SSL-Client-Cert",
+    "Ssl-Client-Cert",
+    "X-Amzn-Mtls-Clientcert",
+    "X-Forwarded-Tls-Client-Cert",
+)
+
+_LOG_EVERY_S = 10.0
+
+
+class ClientCertificates:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        on_untrusted_header: Callable[[str], None] | None = None,
+        build_context: ContextBuilder | None = None,
+    ) -> None:
+        certs: ClientCertConfig = cfg.client_certs
+        self._cfg = certs
+        self.crl = CrlStore(certs.crl_files, interval_s=certs.watch_interval_s)
+        self.checker = CertificateChecker(
+            crl=self.crl,
+            max_chain_depth=certs.max_chain_depth,
+            require_client_auth_usage=certs.require_client_auth_usage,
+        )
+        self.front = FrontProxy(certs.front_proxy) if certs.front_proxy else None
+        watched = list(CERT_HEADERS)
+        if self.front is not None:
+            watched.append(self.front.header)
+            if self.front.chain_header:
+                watched.append(self.front.chain_header)
+        self._watched = tuple(dict.fromkeys(watched))
+        self._on_untrusted = on_untrusted_header
+        self._last_log = 0.0
+        tls = cfg.listen.tls
+        # Also without client auth: server certificate rotation still needs the reloader.
+        self.tls = TlsContextManager(tls, certs, build=build_context) if tls is not None else None
+
+    @property
+    def listening_context(self) -> ssl.SSLContext | None:
+        """For ``web.TCPSite(ssl_context=...)``; None when the listener is plain HTTP."""
+        return self.tls.listening_context if self.tls is not None else None
+
+    def peer_certificate(self, request: web.BaseRequest) -> PeerCertificate | None:
+        """The client certificate to bind tokens to, or None. Raises 400 (malformed trusted header)
+        or 401 ``invalid_token`` (expired, revoked, wrong usage, chain too long)."""
+        tls = tls_peer_facts(request)
+        front = self.front
+        if front is not None and front.is_trusted(request.remote, tls):
+            facts = front.certificate(request.headers)
+            return self.checker.check(facts) if facts is not None else None
+        headers = request.headers
+        for name in self._watched:
+            if name in headers:
+                self._untrusted(name, request.remote)
+                break
+        return self.checker.check(tls) if tls is not None else None
+
+    def _untrusted(self, header: str, remote: str | None) -> None:
+        if self._on_untrusted is not None:
+            self._on_untrusted(header)
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY_S:
+            self._last_log = now
+            log.warning("ignored client-certificate header %s from untrusted peer %s", header, remote)
+
+    def upstream_header(self, peer: PeerCertificate | None) -> tuple[str, str] | None:
+        return upstream_cert_header(self._cfg, peer)
+
+    async def start(self) -> None:
+        await self.crl.start()
+        if self.tls is not None:
+            await self.tls.start()
+
+    async def close(self) -> None:
+        if self.tls is not None:
+            await self.tls.close()
+        await self.crl.close()

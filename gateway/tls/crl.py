@@ -1,0 +1,139 @@
+"""Certificate revocation lists from files (RFC 5280 §5), reloaded when the files change.
+
+Revocation is checked per request (see ``gateway.tls.checks``), not in the handshake: OpenSSL's
+CRL check fails every certificate whose issuer has no CRL loaded (self-signed anchors, bundles
+without a CRL), its flags are fixed when the listener starts, and a connection kept alive past
+a revocation would never be re-checked. A dict lookup per request costs next to nothing.
+
+The files are operator-provided, so a CRL can only refuse more; a file that stops parsing keeps
+the last good revocations (and is logged) rather than silently un-revoking everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+from cryptography import x509
+
+__all__ = ("CrlStore", "FileStamp", "file_stamp", "load_crls")
+
+log = logging.getLogger(__name__)
+
+_PEM_CRL = b"-----BEGIN X509 CRL-----"
+
+# (mtime_ns, size, inode) of each file; a Kubernetes secret update swaps a symlink, which
+# changes all three of the file it resolves to.
+FileStamp = tuple[int, int, int] | None
+
+
+def file_stamp(path: str) -> FileStamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """Every CRL in a PEM file (several allowed) or the single CRL of a DER file."""
+    if _PEM_CRL in data:
+        return [x509.load_pem_x509_crl(block) for block in _pem_blocks(data)]
+    return [x509.load_der_x509_crl(data)]
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    end = b"-----END X509 CRL-----"
+    out: list[bytes] = []
+    start = data.find(_PEM_CRL)
+    while start != -1:
+        stop = data.find(end, start)
+        if stop == -1:
+            raise ValueError("unterminated PEM CRL block")
+        out.append(data[start : stop + len(end)] + b"\n")
+        start = data.find(_PEM_CRL, stop)
+    return out
+
+
+def _index(paths: Sequence[str]) -> tuple[dict[str, frozenset[int]], float | None]:
+    """issuer DN (RFC 4514) -> revoked serials, and the earliest nextUpdate."""
+    revoked: dict[str, set[int]] = {}
+    next_update: float | None = None
+    for path in paths:
+        with open(path, "rb") as fh:
+            crls = load_crls(fh.read())
+        for crl in crls:
+            serials = revoked.setdefault(crl.issuer.rfc4514_string(), set())
+            serials.update(entry.serial_number for entry in crl)
+            nu = crl.next_update_utc
+            if nu is not None:
+                ts = nu.timestamp()
+                next_update = ts if next_update is None else min(next_update, ts)
+    return {k: frozenset(v) for k, v in revoked.items()}, next_update
+
+
+class CrlStore:
+    """Revoked (issuer, serial) pairs from ``paths``. ``refresh()`` reloads changed files."""
+
+    def __init__(self, paths: Sequence[str], *, interval_s: float = 5.0) -> None:
+        self._paths = tuple(paths)
+        self._interval_s = interval_s
+        self._stamps = [file_stamp(p) for p in self._paths]
+        # Start-up: an unreadable CRL is a configuration error, raised to the caller.
+        self._revoked, self._next_update = _index(self._paths) if self._paths else ({}, None)
+        self.generation = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._paths)
+
+    def is_revoked(self, issuer: str, serial: int) -> bool:
+        serials = self._revoked.get(issuer)
+        return serials is not None and serial in serials
+
+    def refresh_sync(self) -> bool:
+        """Reload if any file changed; True when the revocations were replaced."""
+        stamps = [file_stamp(p) for p in self._paths]
+        if stamps == self._stamps:
+            return False
+        try:
+            revoked, next_update = _index(self._paths)
+        except (OSError, ValueError) as exc:
+            # Mid-rotation (half-written file) or a broken file: keep the last good set.
+            log.error("CRL reload failed, keeping the previous revocations: %s", exc)
+            return False
+        self._stamps = stamps
+        self._revoked, self._next_update = revoked, next_update
+        self.generation += 1
+        log.info("CRLs reloaded: %d issuers, %d revoked serials",
+                 len(revoked), sum(len(v) for v in revoked.values()))
+        if next_update is not None and next_update < time.time():
+            log.warning("a CRL is past its nextUpdate; revocations may be missing")
+        return True
+
+    async def refresh(self) -> bool:
+        return await asyncio.to_thread(self.refresh_sync)
+
+    async def start(self) -> None:
+        if self._paths and self._task is None:
+            self._task = asyncio.create_task(self._poll(), name="crl-reload")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # never let the watcher die
+                log.exception("CRL watcher error")

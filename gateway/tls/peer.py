@@ -1,0 +1,75 @@
+"""The client certificate from our own TLS handshake (RFC 8705 §3: "from its TLS implementation layer").
+
+``getpeercert(binary_form=True)`` is the leaf exactly as sent, so the RFC 8705 §3.1 thumbprint is
+computed over those bytes (MTLS-10). The certificate cannot change during a connection (no
+renegotiation, no post-handshake auth: MTLS-09), so it is parsed and hashed once per connection
+and kept in a ``WeakKeyDictionary`` keyed by the ``SSLObject``: the entry lives exactly as long as
+the connection, so the cache is bounded by the number of open connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import InvalidTokenError
+from ..model import PeerCertificate
+from .checks import CertFacts, parse_cert_facts
+
+__all__ = ("peer_certificate", "tls_peer_facts")
+
+log = logging.getLogger(__name__)
+
+# A connection without a client certificate is cached too (as None).
+_by_connection: weakref.WeakKeyDictionary[Any, CertFacts | None] = weakref.WeakKeyDictionary()
+
+
+def _ca_depth(ssl_object: Any) -> int | None:
+    """CA certificates above the leaf in the chain OpenSSL verified (Python has no verify depth)."""
+    getter = getattr(ssl_object, "get_verified_chain", None)  # public from Python 3.13
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
+    if getter is None:
+        return None
+    try:
+        chain = getter()
+    except (ValueError, AttributeError):
+        return None
+    return max(len(chain) - 1, 0) if chain else None
+
+
+def _facts_for(ssl_object: Any) -> CertFacts | None:
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        return parse_cert_facts(der, ca_depth=_ca_depth(ssl_object))
+    except ValueError:
+        # OpenSSL accepted it but cryptography cannot parse it: refuse rather than guess.
+        log.warning("client certificate from the handshake could not be parsed")
+        raise InvalidTokenError("client certificate not accepted", reason="client_cert_unparseable") from None
+
+
+def tls_peer_facts(request: web.BaseRequest) -> CertFacts | None:
+    """Facts about the handshake's client certificate, computed once per connection."""
+    transport = request.transport
+    if transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    try:
+        return _by_connection[ssl_object]
+    except KeyError:
+        facts = _facts_for(ssl_object)
+        _by_connection[ssl_object] = facts
+        return facts
+
+
+def peer_certificate(request: web.BaseRequest) -> PeerCertificate | None:
+    """The handshake's client certificate, unchecked. Prefer ``ClientCertificates.peer_certificate``."""
+    facts = tls_peer_facts(request)
+    return facts.peer if facts is not None else None

@@ -1,0 +1,162 @@
+"""Hot reload of the listener's TLS context: new certificates and trust anchors, no restart.
+
+An asyncio server's ``SSLContext`` is fixed when the server is created. What can change per
+connection is the context an ``SSLObject`` uses: the listening context gets an ``sni_callback``
+(which OpenSSL calls for every ClientHello, with or without SNI) that switches the connection to
+the current context (``SSL_set_SSL_CTX``, what NGINX and Apache do for SNI virtual hosts). After
+the switch the connection uses the new context's certificate and key and, for the client
+certificate, the new context's CA store (OpenSSL verifies against ``SSL_get_SSL_CTX(s)->cert_store``).
+What stays from the listening context: verify mode, options, protocol versions, verify flags and
+the session cache; these come from configuration, which is not reloaded, so they never differ.
+Open connections keep the context they started with and are never dropped.
+
+Triggers: the server cert/key and CA bundle files change (polled by ``os.stat``; Kubernetes
+secret rotation swaps a symlink), the self-signed anchor directory changes, a client JWKS lists
+different certificates. A context that fails to build (e.g. a half-written key during rotation)
+is logged and the current one kept; the next poll retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..config.mtls import ClientCertConfig
+from ..config.schema import ListenerTls
+from .anchors import TrustAnchorSet
+from .crl import FileStamp, file_stamp
+
+__all__ = ("ContextBuilder", "TlsContextManager")
+
+log = logging.getLogger(__name__)
+
+# build_server_context(tls, extra_trust_anchors_pem=[pem, ...]) -> SSLContext
+ContextBuilder = Callable[[ListenerTls, Sequence[str]], ssl.SSLContext]
+
+
+def _default_builder(tls: ListenerTls, anchors: Sequence[str]) -> ssl.SSLContext:
+    from .context import build_server_context
+
+    return build_server_context(tls, extra_trust_anchors_pem=anchors)
+
+
+class TlsContextManager:
+    """Owns the listening context (give ``listening_context`` to the server) and swaps in new ones."""
+
+    def __init__(
+        self,
+        tls: ListenerTls,
+        certs: ClientCertConfig,
+        *,
+        build: ContextBuilder | None = None,
+    ) -> None:
+        self._tls = tls
+        self._build = build or _default_builder
+        self._interval_s = certs.watch_interval_s
+        self._anchors = TrustAnchorSet(certs.self_signed) if certs.self_signed else None
+        self._jwks_interval_s = certs.self_signed.refresh_interval_s if certs.self_signed else 0.0
+        self._files = (tls.cert, tls.key, *tls.client_ca)
+        self._stamps = self._stamp()
+        if self._anchors is not None:
+            self._anchors.load_directory()  # start-up: blocking is fine, nothing serves yet
+        self._anchor_fp = self._anchors.fingerprint() if self._anchors else frozenset()
+        ctx = self._build(tls, self._anchor_pem())
+        ctx.sni_callback = self._on_client_hello
+        self._listening = ctx
+        self._current = ctx
+        self.generation = 0
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def listening_context(self) -> ssl.SSLContext:
+        """Pass this to ``web.TCPSite(ssl_context=...)`` / ``loop.create_server(ssl=...)``."""
+        return self._listening
+
+    @property
+    def current_context(self) -> ssl.SSLContext:
+        return self._current
+
+    def _on_client_hello(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not ctx:
+            pass
+        return None
+
+    def _stamp(self) -> list[FileStamp]:
+        return [file_stamp(p) for p in self._files]
+
+    def _anchor_pem(self) -> list[str]:
+        return self._anchors.pem() if self._anchors else []
+
+    async def check_files(self) -> bool:
+        """Rebuild if a certificate, key, CA bundle or anchor file changed. True if swapped."""
+        stamps = await asyncio.to_thread(self._stamp)
+        dir_changed = False
+        if self._anchors is not None:
+            dir_changed = await asyncio.to_thread(self._anchors.load_directory)
+        if stamps == self._stamps and not dir_changed:
+            return False
+        return await self._rebuild(stamps)
+
+    async def refresh_anchors(self) -> bool:
+        """Fetch client JWKS documents now; rebuild if the anchors changed. True if swapped."""
+        if self._anchors is None:
+            return False
+        await self._anchors.refresh_jwks()
+        if self._anchors.fingerprint() == self._anchor_fp:
+            return False
+        return await self._rebuild(None)
+
+    async def _rebuild(self, stamps: list[FileStamp] | None) -> bool:
+        async with self._lock:
+            fp = self._anchors.fingerprint() if self._anchors else frozenset()
+            pem = self._anchor_pem()
+            try:
+                ctx = await asyncio.to_thread(self._build, self._tls, pem)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.error("TLS context rebuild failed, keeping the current one: %s", exc)
+                return False
+            if stamps is None:
+                stamps = await asyncio.to_thread(self._stamp)
+            self._current = ctx
+            self._stamps = stamps
+            self._anchor_fp = fp
+            self.generation += 1
+            log.info("TLS context reloaded (generation %d, %d self-signed anchors)", self.generation, len(fp))
+            return True
+
+    async def start(self) -> None:
+        """First JWKS fetch (so registered clients work from the first connection), then the watchers."""
+        if self._tasks:
+            return
+        await self.refresh_anchors()
+        files = self._every(self._interval_s, self.check_files)
+        self._tasks.append(asyncio.create_task(files, name="tls-files"))
+        if self._anchors is not None and self._jwks_interval_s:
+            self._tasks.append(
+                asyncio.create_task(self._every(self._jwks_interval_s, self.refresh_anchors), name="tls-jwks")
+            )
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._anchors is not None:
+            await self._anchors.close()
+
+    @staticmethod
+    async def _every(interval_s: float, job: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except Exception:  # a watcher must never die
+                log.exception("TLS reload watcher error")
