@@ -16,8 +16,9 @@ EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h)
 
 
 def _summary(cfg: GatewayConfig) -> str:
-    lines = [f"listen {cfg.listen.host}:{cfg.listen.port} "
-             f"({'TLS ' + cfg.listen.tls.profile + ', client_auth ' + cfg.listen.tls.client_auth if cfg.listen.tls else 'plain HTTP'})",
+    tls = cfg.listen.tls
+    mode = f"TLS {tls.profile}, client_auth {tls.client_auth}" if tls else "plain HTTP"
+    lines = [f"listen {cfg.listen.host}:{cfg.listen.port} ({mode})",
              f"admin  {cfg.admin.host}:{cfg.admin.port}",
              f"routes ({len(cfg.routes)}):"]
     for r in cfg.routes:

@@ -7,27 +7,43 @@ import signal
 
 from aiohttp import web
 
-from ..config import GatewayConfig
+from ..config import AuthPolicy, GatewayConfig
 from ..server import GatewayServer
+from ..tls.context import build_server_context
+from .issuer import DemoIssuer, build_issuer_app
 from .upstream import build_echo_app
 
 __all__ = ("run_demo",)
 
 ECHO_PORT = 8081
+ISSUER_PORT = 8082
+
+
+_JQ = """python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'"""
 
 
 def _banner(server: GatewayServer) -> str:
     port = server.port
-    c = "--cacert certs/dev/ca.pem --cert certs/dev/client-a.pem --key certs/dev/client-a-key.pem"
+    a = "--cacert certs/dev/ca.pem --cert certs/dev/client-a.pem --key certs/dev/client-a-key.pem"
+    b = "--cacert certs/dev/ca.pem --cert certs/dev/client-b.pem --key certs/dev/client-b-key.pem"
     return f"""
 fapi-gateway demo is running (DEV ONLY certificates from certs/dev/).
-  gateway   https://localhost:{port}   (mTLS; client_auth optional)
+  gateway   https://localhost:{port}   (mTLS, client certificate optional)
   admin     http://127.0.0.1:{server.admin_port}/metrics  /healthz  /readyz
-  upstream  http://127.0.0.1:{ECHO_PORT} (echo)
+  issuer    https://localhost:{ISSUER_PORT}  (demo AS: mints tokens bound to your cert or DPoP key)
+  upstream  http://127.0.0.1:{ECHO_PORT}  (echo: shows what the gateway forwarded)
 
-Try:
-  curl -s {c} https://localhost:{port}/echo/hello
-  curl -s -i --cacert certs/dev/ca.pem https://localhost:{port}/accounts     # 401 + WWW-Authenticate
+Try (from the repository root):
+  # plain proxying, open route
+  curl -s {a} https://localhost:{port}/echo/hello
+  # no token: 401 with a challenge for each scheme the route accepts
+  curl -s -i --cacert certs/dev/ca.pem https://localhost:{port}/accounts
+  # a certificate-bound token (RFC 8705) for client A, used by client A: 200
+  TOKEN=$(curl -s {a} -d grant_type=client_credentials -d scope=accounts \\
+          https://localhost:{ISSUER_PORT}/token | {_JQ})
+  curl -s {a} -H "Authorization: Bearer $TOKEN" https://localhost:{port}/accounts/42
+  # the same token presented with client B's certificate: 401 invalid_token
+  curl -s -i {b} -H "Authorization: Bearer $TOKEN" https://localhost:{port}/accounts/42
 Stop with Ctrl-C.
 """
 
@@ -36,6 +52,13 @@ async def _main(cfg: GatewayConfig) -> None:
     echo = web.AppRunner(build_echo_app(), access_log=None)
     await echo.setup()
     await web.TCPSite(echo, "127.0.0.1", ECHO_PORT).start()
+    assert cfg.listen.tls is not None, "the demo config terminates TLS"
+    audience = next(r.auth.audience[0] for r in cfg.routes if isinstance(r.auth, AuthPolicy))
+    issuer = DemoIssuer("certs/dev/issuer-key.pem", f"https://localhost:{ISSUER_PORT}", audience=audience)
+    issuer_runner = web.AppRunner(build_issuer_app(issuer), access_log=None)
+    await issuer_runner.setup()
+    await web.TCPSite(issuer_runner, "127.0.0.1", ISSUER_PORT,
+                      ssl_context=build_server_context(cfg.listen.tls)).start()
     server = GatewayServer(cfg)
     await server.start()
     print(_banner(server), flush=True)
@@ -47,6 +70,7 @@ async def _main(cfg: GatewayConfig) -> None:
         await stop.wait()
     finally:
         await server.stop()
+        await issuer_runner.cleanup()
         await echo.cleanup()
 
 
