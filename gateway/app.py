@@ -25,6 +25,7 @@ from .errors import (
     DependencyError,
     GatewayError,
     InvalidTokenError,
+    MethodNotAllowedError,
     MissingCredentialsError,
     OAuthError,
     Scheme,
@@ -80,7 +81,11 @@ def build_pipeline(
     """
     lifecycles: list[Lifecycle] = []
     injected: frozenset[str] = frozenset()
-    pipeline = AuthPipeline(extract=_no_extract, tokens=_NoTokens(), binder=_NoBinder(), policy=_no_policy)
+    from .bind import Binder  # step 4: DPoP proofs + replay store + cnf.x5t#S256 (issue 5)
+
+    binder = Binder(cfg.dpop)
+    lifecycles.append(binder)  # opens/closes the replay store's Redis pool
+    pipeline = AuthPipeline(extract=_no_extract, tokens=_NoTokens(), binder=binder, policy=_no_policy)
     return pipeline, lifecycles, injected
 
 
@@ -213,11 +218,28 @@ def error_response(
     )
 
 
+# Methods an API gateway forwards; TRACE and CONNECT never pass (PRX-13, PRX-17).
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
+async def _no_early_continue(request: web.Request) -> None:
+    """Defer ``100 Continue`` until the request is authorised (PRX-16): no body is read before."""
+    expect = request.headers.get("Expect", "")
+    if expect and expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="unsupported Expect")
+
+
 async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE].current
     fapi_id = interaction_id(request.headers)
     challenge = _NO_CHALLENGE
     try:
+        if request.method not in _METHODS:
+            raise MethodNotAllowedError("method not allowed", reason="method_not_allowed")
+        if request.method == "OPTIONS" and request.headers.get("Max-Forwards") == "0":
+            # RFC 9110 §7.6.2: the last hop answers itself.
+            return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
+                                                     "x-fapi-interaction-id": fapi_id})
         check_path(request.raw_path)
         host = (request.host or "").rsplit(":", 1)[0].lower() if request.host else ""
         route = state.router.match(request.method, host, request.path)
@@ -243,6 +265,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             remote=remote,
         )
         decision = await state.pipeline.decide(auth_req, route.config)
+        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         up_headers = rt.headers.upstream_request_headers(
             req_headers,
             client_ip=remote,
@@ -272,7 +296,7 @@ def build_app(
     """The public application for ``cfg`` (TLS is applied by the server that runs it)."""
     app = web.Application(handler_args={"max_field_size": 16384})
     app[STATE] = StateHolder(state or build_state(cfg, metrics))
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         st = app[STATE].current
