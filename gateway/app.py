@@ -9,9 +9,11 @@ swaps it, and a request keeps the state it started with.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,19 +26,19 @@ from .config import AuthPolicy, GatewayConfig
 from .errors import (
     DependencyError,
     GatewayError,
-    InvalidTokenError,
     MethodNotAllowedError,
-    MissingCredentialsError,
     OAuthError,
     Scheme,
 )
-from .model import AuthRequest, Binding, Credentials, Decision, PeerCertificate, VerifiedToken
+from .model import AuthRequest, Decision, PeerCertificate
 from .observability.metrics import Metrics
+from .observability.observer import CLIENT_CLOSED, OBSERVER, Observer
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.forward import Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS
 from .routing import Route, Router, check_path
+from .tls.clientcerts import ClientCertificates
 
 __all__ = ("STATE", "GatewayState", "StateHolder", "build_app", "build_pipeline", "build_state")
 
@@ -46,30 +48,6 @@ log = logging.getLogger("gateway")
 class Lifecycle(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-
-
-# --- interim fail-closed stages, replaced as the token/binding stages land -------------------
-
-def _no_extract(req: AuthRequest, policy: AuthPolicy) -> Credentials:
-    if "Authorization" not in req.headers:
-        raise MissingCredentialsError()
-    raise InvalidTokenError("token verification is not configured", reason="not_configured")
-
-
-class _NoTokens:
-    async def verify(self, token: str, policy: AuthPolicy) -> VerifiedToken:
-        raise InvalidTokenError("token verification is not configured", reason="not_configured")
-
-
-class _NoBinder:
-    async def check(
-        self, req: AuthRequest, creds: Credentials, token: VerifiedToken, policy: AuthPolicy
-    ) -> Binding:
-        raise InvalidTokenError("binding verification is not configured", reason="not_configured")
-
-
-def _no_policy(req: AuthRequest, token: VerifiedToken, binding: Binding, policy: AuthPolicy) -> Decision:
-    raise InvalidTokenError("route policy is not configured", reason="not_configured")
 
 
 def build_pipeline(
@@ -85,7 +63,14 @@ def build_pipeline(
 
     binder = Binder(cfg.dpop)
     lifecycles.append(binder)  # opens/closes the replay store's Redis pool
-    pipeline = AuthPipeline(extract=_no_extract, tokens=_NoTokens(), binder=binder, policy=_no_policy)
+    from .credentials import extract_credentials  # steps 2, 3, 5 (issue 3)
+    from .policy import check_policy, identity_header_names
+    from .verify import AccessTokenVerifier
+
+    tokens = AccessTokenVerifier(cfg.issuers, events=metrics)
+    lifecycles.append(tokens)  # loads metadata + JWKS before serving; closes HTTP sessions
+    injected = identity_header_names(route.auth for route in cfg.routes)
+    pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy)
     return pipeline, lifecycles, injected
 
 
@@ -118,8 +103,14 @@ class GatewayState:
     def __init__(self, cfg: GatewayConfig, metrics: Metrics) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        # Requests running on this state; a reload closes the old state once this reaches 0.
+        self.in_flight = 0
         self.router = Router(cfg)
         self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics)
+        # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS context.
+        self.client_certs = ClientCertificates(
+            cfg, on_untrusted_header=lambda _header: metrics.front_proxy_cert_dropped()
+        )
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
         dpop_algs = tuple(getattr(cfg.dpop, "algorithms", ("ES256", "PS256", "EdDSA")))
         self.upstreams: dict[str, UpstreamClient] = {}
@@ -154,12 +145,14 @@ class GatewayState:
         return any(addr in net for net in self.trusted)
 
     async def start(self) -> None:
+        await self.client_certs.start()
         for lc in self._lifecycles:
             await lc.start()
 
     async def close(self) -> None:
         for lc in reversed(self._lifecycles):
             await lc.close()
+        await self.client_certs.close()
         for up in self.upstreams.values():
             await up.close()
 
@@ -218,6 +211,12 @@ def error_response(
     )
 
 
+def _with_cert_header(
+    headers: tuple[tuple[str, str], ...], cert: tuple[str, str] | None
+) -> tuple[tuple[str, str], ...]:
+    return (*headers, cert) if cert is not None else headers
+
+
 # Methods an API gateway forwards; TRACE and CONNECT never pass (PRX-13, PRX-17).
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
@@ -230,19 +229,33 @@ async def _no_early_continue(request: web.Request) -> None:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     state = request.app[STATE].current
     fapi_id = interaction_id(request.headers)
     challenge = _NO_CHALLENGE
+    # Observability (gateway.observability.observer): filled in as the request goes along.
+    route_id: str | None = None
+    decision: Decision | None = None
+    status: int = 500
+    reason: str | None = "internal"
+    auth_s: float | None = None
+    up_s: float | None = None
+    up_status: int | None = None
+    t_auth: float | None = None
+    state.in_flight += 1
+    state.metrics.in_flight.inc()
     try:
         if request.method not in _METHODS:
             raise MethodNotAllowedError("method not allowed", reason="method_not_allowed")
         if request.method == "OPTIONS" and request.headers.get("Max-Forwards") == "0":
             # RFC 9110 §7.6.2: the last hop answers itself.
+            status, reason = 204, None
             return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
                                                      "x-fapi-interaction-id": fapi_id})
         check_path(request.raw_path)
         host = (request.host or "").rsplit(":", 1)[0].lower() if request.host else ""
         route = state.router.match(request.method, host, request.path)
+        route_id = route.id
         rt = state.routes[route.id]
         challenge = rt.challenge
         remote = request.remote or ""
@@ -261,10 +274,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
             path=request.path,
             query_string=request.query_string,
             headers=req_headers,
-            peer_cert=_peer_cert(request),
+            peer_cert=state.client_certs.peer_certificate(request),
             remote=remote,
         )
+        t_auth = time.perf_counter()
         decision = await state.pipeline.decide(auth_req, route.config)
+        auth_s = time.perf_counter() - t_auth
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         up_headers = rt.headers.upstream_request_headers(
@@ -273,10 +288,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             proto=proto,
             host=public_host,
             fapi_id=fapi_id,
-            inject=decision.upstream_headers,
+            inject=_with_cert_header(
+                decision.upstream_headers, state.client_certs.upstream_header(auth_req.peer_cert)
+            ),
             prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
         )
-        resp, _status = await state.forwarder.forward(
+        t_up = time.perf_counter()
+        resp, up_status = await state.forwarder.forward(
             request,
             rt.upstream,
             up_headers,
@@ -284,18 +302,39 @@ async def handle(request: web.Request) -> web.StreamResponse:
             header_policy=rt.headers,
             extra_response_headers=(("x-fapi-interaction-id", fapi_id), *decision.response_headers),
         )
+        up_s = time.perf_counter() - t_up
+        status, reason = resp.status, None
         return resp
     except GatewayError as exc:
         log.debug("refused %s %s: %s", request.method, request.path, exc.reason)
+        status, reason = exc.status, exc.reason
         return error_response(exc, challenge, fapi_id)
+    except asyncio.CancelledError:
+        status, reason = CLIENT_CLOSED, "client_closed"
+        raise
+    finally:
+        state.in_flight -= 1
+        state.metrics.in_flight.dec()
+        if auth_s is None and t_auth is not None:  # refused inside the auth decision
+            auth_s = time.perf_counter() - t_auth
+        request.app[OBSERVER].finished(
+            request, started=started, route_id=route_id, status=status, reason=reason,
+            decision=decision, interaction_id=fapi_id, auth_s=auth_s, upstream_status=up_status,
+            upstream_s=up_s,
+        )
 
 
 def build_app(
-    cfg: GatewayConfig, *, state: GatewayState | None = None, metrics: Metrics | None = None
+    cfg: GatewayConfig,
+    *,
+    state: GatewayState | None = None,
+    metrics: Metrics | None = None,
+    observer: Observer | None = None,
 ) -> web.Application:
     """The public application for ``cfg`` (TLS is applied by the server that runs it)."""
     app = web.Application(handler_args={"max_field_size": 16384})
     app[STATE] = StateHolder(state or build_state(cfg, metrics))
+    app[OBSERVER] = observer or Observer(app[STATE].current.metrics)
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

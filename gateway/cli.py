@@ -76,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         from .server import run
 
-        run(cfg)
-        return 0
+        return run(cfg, config_path=args.config, workers=args.workers)
     if args.command == "demo":
         cfg = _load(args.config)
         if cfg is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .config import AuthPolicy, RouteConfig
+from .errors import OAuthError
 from .model import ALLOW_ANONYMOUS, AuthRequest, Binding, Credentials, Decision, VerifiedToken
 
 __all__ = ("AuthPipeline", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
@@ -64,6 +65,12 @@ class AuthPipeline:
         if not isinstance(policy, AuthPolicy):  # explicit ``auth: none``
             return ALLOW_ANONYMOUS
         creds = self._extract(req, policy)
-        token = await self._tokens.verify(creds.token, policy)
-        binding = await self._binder.check(req, creds, token, policy)
-        return self._policy(req, token, binding, policy)
+        try:
+            token = await self._tokens.verify(creds.token, policy)
+            binding = await self._binder.check(req, creds, token, policy)
+            return self._policy(req, token, binding, policy)
+        except OAuthError as exc:
+            if exc.scheme is None:
+                # RFC 9449 §7.2: error information goes in the challenge of the scheme used.
+                exc.scheme = creds.scheme
+            raise

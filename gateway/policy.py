@@ -28,6 +28,8 @@ _UNSAFE_VALUE = re.compile(r"[^\x20-\x7e]|%")
 
 
 def _header_value(value: str) -> str:
+    if value.isascii() and value.isprintable() and "%" not in value:
+        return value  # the common case, no regex
     return _UNSAFE_VALUE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), value)
 
 

@@ -1,21 +1,52 @@
-"""Running the gateway: the public listener (TLS), the admin listener, and their life cycle."""
+"""Running the gateway: listeners, hot reload, graceful shutdown and worker processes.
+
+One process (``GatewayServer``) runs a public listener (TLS) and an admin listener on one event
+loop (uvloop when installed). Its life cycle:
+
+* **reload** (SIGHUP, or the config file changed on disk): the file is read and validated off
+  the event loop, a new ``GatewayState`` is built and started, then swapped in. A request keeps
+  the state it started with; the old state is closed once its last request has finished. A file
+  that does not validate (or whose state fails to start) changes nothing: it is logged and counted
+  (``gateway_config_reloads_total{result="failure"}``). Listener, admin and worker settings are
+  fixed for the life of the process (a change is logged as needing a restart).
+* **shutdown** (SIGTERM/SIGINT): ``/readyz`` turns false, the listener keeps serving for
+  ``lifecycle.shutdown_delay_s`` (load balancers notice), then stops accepting; in-flight requests
+  get ``lifecycle.shutdown_grace_s`` to finish; then the process exits 0.
+* **workers** (``--workers N`` or ``lifecycle.workers``): a supervisor starts N worker processes
+  that each bind the same ports with SO_REUSEPORT (the kernel spreads connections) and run their
+  own event loop. It forwards SIGHUP/SIGTERM to them and restarts a worker that dies. Each worker
+  answers ``/metrics`` for itself: one worker per pod (and more pods) keeps metrics exact.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import multiprocessing
+import os
 import signal
 import socket
 import ssl
-from dataclasses import dataclass, field
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from .admin import Readiness, build_admin_app
-from .app import STATE, build_app, build_state
-from .config import GatewayConfig
+from .app import STATE, GatewayState, StateHolder, build_app, build_state
+from .config import GatewayConfig, load_config
+from .errors import ConfigError
+from .observability.accesslog import AccessLog
+from .observability.health import RedisProbe, stage_ready
+from .observability.logsetup import configure_logging
 from .observability.metrics import Metrics
-from .tls.context import build_server_context
+from .observability.observer import Observer
+from .observability.tls import count_handshake_failures
 
 __all__ = ("GatewayServer", "run")
 
@@ -29,78 +60,375 @@ def _bound_port(site: web.BaseSite) -> int:
     return int(sockets[0].getsockname()[1])
 
 
-@dataclass
-class GatewayServer:
-    """Public + admin listeners for one config. ``port``/``admin_port`` are the bound ports."""
+def _fingerprint(path: str) -> tuple[int, int, int, int] | None:
+    """Cheap change detector. ``os.stat`` follows symlinks, so a Kubernetes ConfigMap update
+    (an atomic swap of the ``..data`` symlink) shows up as a new inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
-    cfg: GatewayConfig
-    reuse_port: bool = False
-    metrics: Metrics = field(default_factory=Metrics)
-    readiness: Readiness = field(default_factory=Readiness)
-    port: int = 0
-    admin_port: int = 0
-    ssl_context: ssl.SSLContext | None = None
-    _runners: list[web.AppRunner] = field(default_factory=list)
+
+def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    return [name for name in ("listen", "admin", "lifecycle") if getattr(old, name) != getattr(new, name)]
+
+
+class GatewayServer:
+    """Public + admin listeners for one process. ``port``/``admin_port`` are the bound ports."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        reuse_port: bool = False,
+        metrics: Metrics | None = None,
+        readiness: Readiness | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        config_path: str | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.reuse_port = reuse_port
+        self.metrics = metrics or Metrics(
+            route_ids=[r.id for r in cfg.routes],
+            issuers=[i.name for i in cfg.issuers],
+            latency_histograms=cfg.observability.metrics.latency_histograms,
+        )
+        self.readiness = readiness or Readiness()
+        self.ssl_context = ssl_context
+        self.config_path = config_path
+        self.access_log = access_log
+        self.port = 0
+        self.admin_port = 0
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._redis: RedisProbe | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._retiring: set[GatewayState] = set()
+        self._reload_lock = asyncio.Lock()
+        self._config_digest: bytes | None = None
+
+    # -- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.cfg
+        if self.access_log is None:
+            self.access_log = AccessLog(cfg.observability.access_log)
+        if self.config_path is not None:
+            self._config_digest = self._digest()
         state = build_state(cfg, self.metrics)
-        app = build_app(cfg, state=state)
-        self.app = app
+        self.app = build_app(cfg, state=state, observer=Observer(self.metrics, self.access_log))
         if cfg.listen.tls is not None and self.ssl_context is None:
-            self.ssl_context = build_server_context(cfg.listen.tls)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
-        await runner.setup()
-        self._runners.append(runner)
+            # Hot-reloaded (cert/key/CA/anchors) by the state's TlsContextManager.
+            self.ssl_context = state.client_certs.listening_context
+        if self.ssl_context is not None:
+            count_handshake_failures(self.ssl_context, self.metrics.tls_handshake_failed)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False,
+            shutdown_timeout=cfg.lifecycle.shutdown_grace_s,
+        )
+        await self._runner.setup()  # runs the state's start(): JWKS, Redis pool, ...
         site = web.TCPSite(
-            runner, cfg.listen.host, cfg.listen.port, ssl_context=self.ssl_context,
+            self._runner, cfg.listen.host, cfg.listen.port, ssl_context=self.ssl_context,
             reuse_port=self.reuse_port or None, backlog=1024,
         )
         await site.start()
         self.port = _bound_port(site)
 
+        self._install_readiness_checks()
         admin = build_admin_app(self.readiness, self.metrics.render)
-        admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
-        await admin_runner.setup()
-        self._runners.append(admin_runner)
+        self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
+        await self._admin_runner.setup()
         admin_site = web.TCPSite(
-            admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port or None
+            self._admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port or None
         )
         await admin_site.start()
         self.admin_port = _bound_port(admin_site)
+        if cfg.dpop.replay.backend == "redis":
+            self._redis = RedisProbe(cfg.dpop.replay.redis)
+            await self._redis.start()
         self.readiness.listening = True
-        log.info("gateway listening on %s:%d (admin %s:%d)", cfg.listen.host, self.port,
-                 cfg.admin.host, self.admin_port)
+        if self.config_path is not None and cfg.lifecycle.reload.watch_file:
+            self._spawn(self._watch_file(cfg.lifecycle.reload.poll_interval_s))
+        log.info("gateway listening on %s:%d (admin %s:%d) pid %d", cfg.listen.host, self.port,
+                 cfg.admin.host, self.admin_port, os.getpid())
 
     @property
-    def state_holder(self) -> object:
+    def holder(self) -> StateHolder:
+        assert self.app is not None, "start() first"
         return self.app[STATE]
+
+    @property
+    def state_holder(self) -> StateHolder:
+        return self.holder
+
+    def _install_readiness_checks(self) -> None:
+        def config_loaded() -> bool:
+            return self.app is not None and self.holder.current is not None
+
+        def stages() -> bool:
+            return all(stage_ready(lc) for lc in getattr(self.holder.current, "_lifecycles", ()))
+
+        def redis() -> bool:
+            return self._redis is None or self._redis.ok
+
+        self.readiness.add_check("config", config_loaded)
+        self.readiness.add_check("keys", stages)
+        self.readiness.add_check("redis", redis)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def _digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256(Path(self.config_path or "").read_bytes()).digest()
+        except OSError:
+            return None
+
+    async def reload(self) -> bool:
+        """Validate the config file and, if good, switch to it. False: the running config stays."""
+        if self.config_path is None or self.app is None:
+            return False
+        async with self._reload_lock:
+            self._config_digest = await asyncio.to_thread(self._digest)
+            try:
+                new_cfg = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                log.error("config reload refused, keeping the running config: %s", exc)
+                self.metrics.config_reload(False)
+                return False
+            new_state: GatewayState | None = None
+            try:
+                new_state = build_state(new_cfg, self.metrics)
+                await new_state.start()
+            except Exception as exc:  # anything the new state cannot do keeps the old one
+                log.error("config reload refused, keeping the running config: %s: %s",
+                          type(exc).__name__, exc)
+                if new_state is not None:
+                    with contextlib.suppress(Exception):
+                        await new_state.close()
+                self.metrics.config_reload(False)
+                return False
+            fixed = _restart_only_changes(self.cfg, new_cfg)
+            if fixed:
+                log.warning("config reload: changes to %s take effect only after a restart", ", ".join(fixed))
+            holder = self.holder
+            old, holder.current = holder.current, new_state
+            self.cfg = new_cfg
+            if new_cfg.observability != old.cfg.observability:
+                self._swap_access_log(new_cfg)
+            logging.getLogger().setLevel(new_cfg.observability.log_level.upper())
+            self.metrics.config_reload(True)
+            self._spawn(self._retire(old))
+            log.info("config reloaded from %s (%d routes)", self.config_path, len(new_cfg.routes))
+            return True
+
+    def _swap_access_log(self, cfg: GatewayConfig) -> None:
+        assert self.app is not None
+        from .observability.observer import OBSERVER
+
+        new_log = AccessLog(cfg.observability.access_log)
+        old_log, self.access_log = self.access_log, new_log
+        self.app[OBSERVER].access_log = new_log
+        if old_log is not None:
+            self._spawn(asyncio.to_thread(old_log.close))
+
+    async def _retire(self, old: GatewayState) -> None:
+        """Close a replaced state once the requests that started on it have finished."""
+        self._retiring.add(old)
+        deadline = time.monotonic() + max(self.cfg.lifecycle.shutdown_grace_s, 300.0)
+        # Polled: an Event would cost every request a set/clear on the hot path.
+        while old.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self._retiring.discard(old)
+        await old.close()
+
+    async def _watch_file(self, interval_s: float) -> None:
+        assert self.config_path is not None
+        seen = _fingerprint(self.config_path)
+        while True:
+            await asyncio.sleep(interval_s)
+            now = _fingerprint(self.config_path)
+            if now == seen or now is None:
+                continue
+            seen = now
+            # Same bytes (e.g. a touch, or a ConfigMap re-sync): nothing to do.
+            if await asyncio.to_thread(self._digest) == self._config_digest:
+                continue
+            log.info("config file changed: reloading")
+            await self.reload()
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def shutdown(self, *, delay_s: float | None = None) -> None:
+        """Graceful: not ready, keep serving ``delay_s``, stop accepting, drain, close."""
+        self.readiness.draining = True
+        delay = self.cfg.lifecycle.shutdown_delay_s if delay_s is None else delay_s
+        if delay > 0:
+            log.info("shutdown: not ready, still serving for %.1f s", delay)
+            await asyncio.sleep(delay)
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()  # closes the listening socket: new connections are refused
+        log.info("shutdown: listener closed, draining in-flight requests (up to %.1f s)",
+                 self.cfg.lifecycle.shutdown_grace_s)
+        await self.stop()
 
     async def stop(self) -> None:
         self.readiness.draining = True
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners.clear()
+        for task in list(self._background):
+            task.cancel()
+        if self._runner is not None:
+            # Closes the listening socket, then waits up to shutdown_grace_s for running handlers.
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for old in list(self._retiring):
+            self._retiring.discard(old)
+            with contextlib.suppress(Exception):
+                await old.close()
+        if self._redis is not None:
+            await self._redis.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        if self.access_log is not None:
+            await asyncio.to_thread(self.access_log.close)
 
 
-async def _serve_forever(server: GatewayServer) -> None:
+# --- process entry points ---------------------------------------------------------------------
+
+async def _serve(server: GatewayServer) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_hup() -> None:
+        server._spawn(_reload_quietly(server))
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await server.start()
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
-        await server.stop()
+        log.info("shutting down (pid %d)", os.getpid())
+        await server.shutdown()
 
 
-def run(cfg: GatewayConfig) -> None:
-    """Run until SIGTERM/SIGINT. Uses uvloop when it is installed."""
+async def _reload_quietly(server: GatewayServer) -> None:
+    try:
+        await server.reload()
+    except Exception:  # never let a reload bug kill the serving process
+        log.exception("config reload failed unexpectedly; keeping the running config")
+        server.metrics.config_reload(False)
+
+
+def _run_loop(server: GatewayServer) -> None:
     try:
         import uvloop
     except ImportError:  # optional extra
-        asyncio.run(_serve_forever(GatewayServer(cfg)))
+        asyncio.run(_serve(server))
     else:
-        uvloop.run(_serve_forever(GatewayServer(cfg)))
+        uvloop.run(_serve(server))
+
+
+def _worker_main(config_path: str, log_level: str) -> None:
+    """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
+    configure_logging(log_level)
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(78)
+    _run_loop(GatewayServer(cfg, reuse_port=True, config_path=config_path))
+
+
+def _supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: float) -> int:
+    """Start ``workers`` processes, forward SIGHUP/SIGTERM, restart crashed ones; 0 on clean stop."""
+    ctx = multiprocessing.get_context("spawn")
+    signals: list[int] = []
+
+    def remember(signum: int, _frame: object) -> None:
+        signals.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, remember)
+
+    def start_one() -> multiprocessing.process.BaseProcess:
+        p = ctx.Process(target=_worker_main, args=(config_path, log_level), daemon=False)
+        p.start()
+        return p
+
+    procs = [start_one() for _ in range(workers)]
+    log.info("supervisor pid %d: %d workers (%s)", os.getpid(), workers, ", ".join(str(p.pid) for p in procs))
+    recent_deaths: list[float] = []
+    while True:
+        while signals:
+            got = signals.pop(0)
+            if got == signal.SIGHUP:
+                for p in procs:
+                    if p.pid is not None and p.is_alive():
+                        os.kill(p.pid, signal.SIGHUP)
+            else:
+                return _stop_workers(procs, stop_timeout_s)
+        for i, p in enumerate(procs):
+            if p.is_alive():
+                continue
+            code = p.exitcode
+            now = time.monotonic()
+            recent_deaths = [t for t in recent_deaths if now - t < 30] + [now]
+            if code == 78 or len(recent_deaths) > 5 * workers:
+                log.error("worker %s exited with %s; giving up", p.pid, code)
+                _stop_workers(procs, stop_timeout_s)
+                return 1
+            log.error("worker %s exited with %s; restarting it", p.pid, code)
+            procs[i] = start_one()
+        time.sleep(0.1)
+
+
+def _stop_workers(procs: list[multiprocessing.process.BaseProcess], timeout_s: float) -> int:
+    for p in procs:
+        if p.pid is not None and p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    code = 0
+    for p in procs:
+        if p.is_alive():
+            log.error("worker %s did not stop in time; killing it", p.pid)
+            p.kill()
+            p.join()
+            code = 1
+        elif p.exitcode != 0:
+            code = 1
+    return code
+
+
+def run(
+    cfg: GatewayConfig,
+    *,
+    config_path: str | None = None,
+    workers: int | None = None,
+    log_level: str | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT and return the exit code. ``config_path`` enables reloads."""
+    level = log_level or cfg.observability.log_level
+    configure_logging(level)
+    n = workers or cfg.lifecycle.workers
+    if n > 1:
+        if config_path is None:
+            raise ValueError("--workers needs a config file (each worker loads it)")
+        life = cfg.lifecycle
+        return _supervise(config_path, n, level, life.shutdown_delay_s + life.shutdown_grace_s + 5)
+    _run_loop(GatewayServer(cfg, config_path=config_path))
+    return 0

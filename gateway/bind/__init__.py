@@ -10,51 +10,21 @@ for more. ``Binder`` owns the DPoP replay store's connection pool (``start``/``c
 
 from __future__ import annotations
 
-import hmac
-import importlib
 import time
 from collections.abc import Callable
-from typing import cast
 
 from ..config.auth import AuthPolicy
 from ..config.dpop import DpopConfig
 from ..errors import InvalidDpopProofError, InvalidTokenError
 from ..model import AuthRequest, Binding, Credentials, PeerCertificate, VerifiedToken
 from .dpop import DpopVerifier, VerifiedProof
+from .mtls import check_certificate_binding
 from .nonce import NonceIssuer
 from .replay import MemoryReplayStore, RedisReplayStore, ReplayStore
 
 __all__ = ("Binder", "DpopVerifier", "NonceIssuer", "VerifiedProof", "build_replay_store")
 
 CertificateCheck = Callable[[VerifiedToken, PeerCertificate | None], Binding]
-
-
-def _interim_certificate_binding(token: VerifiedToken, peer: PeerCertificate | None) -> Binding:
-    """RFC 8705 §3: until ``gateway.bind.mtls`` exists; the same contract, fail closed."""
-    expected = token.cnf_x5t_s256 or ""
-    if peer is None:
-        raise InvalidTokenError(
-            "the access token is bound to a client certificate, but none was presented",
-            reason="binding_mismatch",
-            scheme="Bearer",
-        )
-    if not hmac.compare_digest(expected.encode(), peer.x5t_s256.encode()):
-        raise InvalidTokenError(
-            "the access token is bound to a different client certificate",
-            reason="binding_mismatch",
-            scheme="Bearer",
-        )
-    return Binding("mtls", thumbprint=peer.x5t_s256)
-
-
-def _certificate_check() -> CertificateCheck:
-    try:
-        module = importlib.import_module("gateway.bind.mtls")
-    except ModuleNotFoundError as exc:
-        if exc.name != "gateway.bind.mtls":
-            raise
-        return _interim_certificate_binding
-    return cast(CertificateCheck, module.check_certificate_binding)
 
 
 def build_replay_store(cfg: DpopConfig) -> ReplayStore:
@@ -88,7 +58,7 @@ class Binder:
             )
         self.replay = replay if replay is not None else build_replay_store(cfg)
         self.dpop = DpopVerifier(cfg, replay=self.replay, nonces=nonces, clock=clock)
-        self._check_certificate = certificate_check or _certificate_check()
+        self._check_certificate = certificate_check or check_certificate_binding
 
     async def start(self) -> None:
         await self.replay.start()
@@ -132,7 +102,10 @@ class Binder:
                 cnf_jkt=token.cnf_jkt,
                 require_nonce=policy.require_dpop_nonce,
             )
-            nonce_headers = (("DPoP-Nonce", proof.next_nonce),) if proof.next_nonce else ()
+            # RFC 9449 §8.2: a response carrying DPoP-Nonce should not be cacheable (DPOPN-07).
+            nonce_headers = (
+                (("DPoP-Nonce", proof.next_nonce), ("Cache-Control", "no-store")) if proof.next_nonce else ()
+            )
             dpop = Binding("dpop", thumbprint=proof.jkt, response_headers=nonce_headers)
 
         constraint = policy.sender_constraint

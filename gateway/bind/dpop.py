@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import TTLCache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -28,7 +27,7 @@ from ..config.dpop import DpopConfig
 from ..errors import InvalidDpopProofError, InvalidTokenError, ReplayStoreUnavailableError, UseDpopNonceError
 from ..model import sha256_b64url
 from .htu import compare_htu
-from .jwk import ALG_KEY_TYPES, JwkCache, JwkError, PublicJwk, b64url_decode
+from .jwk import ALG_KEY_TYPES, BoundedTtlMap, JwkCache, JwkError, PublicJwk, b64url_decode
 from .nonce import NonceIssuer
 from .replay import ReplayStore, replay_key
 
@@ -76,11 +75,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError("NaN/Infinity are not JSON")
 
 
+# One decoder, built once (json.loads with hooks builds a new one per call).
+_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def _decode_json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(
-            b64url_decode(segment), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
-        )
+        data = _JSON.decode(b64url_decode(segment).decode("utf-8"))
     except (ValueError, RecursionError):
         # RecursionError: deeply nested JSON (DPOP-24) is refused, never a 500.
         raise _bad(f"DPoP proof {what} is not base64url-encoded JSON", "dpop_malformed") from None
@@ -152,7 +153,7 @@ class DpopVerifier:
             max_rsa_bits=cfg.rsa_max_bits,
         )
         # Validated headers by their exact base64url segment (a pure function of it).
-        self._headers: TTLCache[str, _Header] = TTLCache(maxsize=cfg.key_cache_size, ttl=cfg.key_cache_ttl_s)
+        self._headers = BoundedTtlMap[_Header](maxsize=cfg.key_cache_size, ttl_s=cfg.key_cache_ttl_s)
         self._refresh_before_s = cfg.nonce.refresh_before_s if cfg.nonce else 0
         self._replay_ttl_s = cfg.replay_ttl_s
 
@@ -188,7 +189,7 @@ class DpopVerifier:
         if parsed.kty != kty or (crv is not None and parsed.crv != crv):
             raise _bad("DPoP proof jwk key type does not match alg", "dpop_bad_jwk")
         header = _Header(alg=alg, jwk=parsed)
-        self._headers[segment] = header
+        self._headers.put(segment, header)
         return header
 
     def _check_time(self, claims: dict[str, Any], now: float, nonce_valid: bool) -> None:

@@ -103,7 +103,7 @@ def normalize_url(url: str) -> NormalizedUrl:
         host, _, port = authority.partition(":")
     if not host:
         raise ValueError("no host")
-    if _PORT.fullmatch(port) is None:
+    if _PORT.fullmatch(port) is None or (port and int(port) > 65535):
         raise ValueError("bad port")
     # RFC 3986 §6.2.3: an empty port and the default port are the same; so is a leading zero.
     port = str(int(port)) if port else ""

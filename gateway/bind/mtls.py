@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import re
 
-from ..errors import InvalidTokenError
+from ..errors import InvalidTokenError, Scheme
 from ..model import Binding, PeerCertificate, VerifiedToken
 
 __all__ = ("check_certificate_binding", "is_x5t_s256")
@@ -26,16 +26,19 @@ def is_x5t_s256(value: str) -> bool:
     return bool(_X5T_S256.match(value))
 
 
-def check_certificate_binding(token: VerifiedToken, peer: PeerCertificate | None) -> Binding:
+def check_certificate_binding(
+    token: VerifiedToken, peer: PeerCertificate | None, *, scheme: Scheme | None = None
+) -> Binding:
     """The token's ``cnf.x5t#S256`` must equal the thumbprint of the presented client certificate.
 
     Raises ``InvalidTokenError`` (reason ``binding_mismatch``) when the token is not
     certificate-bound, when there is no certificate, or when it is another certificate.
+    ``scheme``: the scheme the client used, so the error goes into that challenge only.
     """
     expected = token.cnf_x5t_s256
     if not expected or peer is None or not peer.x5t_s256:
-        raise InvalidTokenError(_FAILED, reason="binding_mismatch")
+        raise InvalidTokenError(_FAILED, reason="binding_mismatch", scheme=scheme)
     # Bytes: compare_digest refuses non-ASCII str, and a claim can hold anything.
     if not hmac.compare_digest(expected.encode("utf-8"), peer.x5t_s256.encode("ascii")):
-        raise InvalidTokenError(_FAILED, reason="binding_mismatch")
+        raise InvalidTokenError(_FAILED, reason="binding_mismatch", scheme=scheme)
     return Binding("mtls", thumbprint=peer.x5t_s256)

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -53,7 +54,9 @@ class MemoryReplayStore:
     """
 
     def __init__(self, *, max_entries: int = 500_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: dict[bytes, float] = {}
+        # OrderedDict, not dict: popping a plain dict from the front leaves holes that make
+        # next(iter(d)) O(n), i.e. quadratic under load.
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
         self._max = max_entries
         self._clock = clock
         self.evicted_live = 0
@@ -79,12 +82,12 @@ class MemoryReplayStore:
         for _ in range(8):
             if not entries:
                 break
-            oldest = next(iter(entries))
-            if entries[oldest] > now:
+            oldest, oldest_expiry = next(iter(entries.items()))
+            if oldest_expiry > now:
                 break
             del entries[oldest]
         if len(entries) >= self._max:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
             self.evicted_live += 1
         entries[key] = now + ttl_s
         return True

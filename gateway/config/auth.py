@@ -34,7 +34,7 @@ _FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def _one_or_many(value: object) -> object:
-    return (value,) if isinstance(value, str) else value
+    return value if isinstance(value, list | tuple) else (value,)
 
 
 def _scope(value: str) -> str:

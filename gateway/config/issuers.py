@@ -4,6 +4,18 @@ Each issuer says how its tokens are checked (``mode``): locally as RFC 9068 JWTs
 introspection, or JWTs locally with introspection for opaque tokens. Keys come from exactly one
 source: ``jwks_uri``, a static ``jwks_file``, or ``discovery`` (RFC 8414 / OpenID metadata).
 Secrets are written as ``${VAR}`` so they stay out of the file.
+
+    issuers:
+      - name: bank-as
+        issuer: https://as.bank.example            # compared exactly with iss
+        mode: jwt_with_introspection_fallback      # jwt | introspection | jwt_with_introspection_fallback
+        discovery: true                            # or jwks_uri: ... / jwks_file: ...
+        algorithms: [PS256, ES256]                 # default PS256 ES256 EdDSA; never none/HS*
+        ca: /etc/gateway/as-ca.pem                 # trust anchors for the AS's TLS certificate
+        introspection:
+          client_auth: {method: private_key_jwt, client_id: gateway, private_key: /etc/gateway/as-key.pem,
+                        private_key_alg: ES256}
+          cache_ttl_s: 60                          # 0 for routes that need every revocation at once
 """
 
 from __future__ import annotations
@@ -41,6 +53,26 @@ def _url(value: str) -> str:
 AbsUrl = Annotated[str, AfterValidator(_url)]
 
 
+def _check_signing_key(path: str, alg: str) -> None:
+    """Load the client-assertion key once at config load, so a wrong key fails here, not per call."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(path, "rb") as fh:
+            key = load_pem_private_key(fh.read(), password=None)
+    except (ValueError, TypeError, OSError):
+        raise ValueError(f"private_key: {path} is not an unencrypted PEM private key") from None
+    fits = {
+        "RS": isinstance(key, rsa.RSAPrivateKey),
+        "PS": isinstance(key, rsa.RSAPrivateKey),
+        "ES": isinstance(key, ec.EllipticCurvePrivateKey),
+        "Ed": isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey),
+    }[alg[:2]]
+    if not fits:
+        raise ValueError(f"private_key: the key in {path} cannot sign {alg}")
+
+
 class ClientAuth(Model):
     """How the gateway authenticates to the introspection endpoint (RFC 7662 §2.1)."""
 
@@ -63,6 +95,7 @@ class ClientAuth(Model):
         elif self.method == "private_key_jwt":
             if self.private_key is None:
                 raise ValueError("private_key_jwt needs private_key (a PEM file)")
+            _check_signing_key(self.private_key, self.private_key_alg)
         elif self.tls_cert is None or self.tls_key is None:
             raise ValueError("tls_client_auth needs tls_cert and tls_key")
         if self.method != "tls_client_auth" and (self.tls_cert or self.tls_key):

@@ -15,8 +15,9 @@ from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from .auth import AuthPolicy
 from .base import FilePath, Model
-from .dpop import DpopConfig
+from .dpop import DpopConfig, check_workers
 from .issuers import IssuerConfig
+from .lifecycle import LifecycleConfig
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
 
@@ -166,6 +167,7 @@ class GatewayConfig(Model):
     dpop: DpopConfig = DpopConfig()
     client_certs: ClientCertConfig = ClientCertConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -203,6 +205,15 @@ class GatewayConfig(Model):
                         f"{where}.auth.sender_constraint: mtls needs client certificates "
                         "(listen.tls.client_auth is none and no front-proxy source is configured)"
                     )
+                if route.auth.require_dpop_nonce and self.dpop.nonce is None:
+                    problems.append(
+                        f"{where}.auth.require_dpop_nonce: needs dpop.nonce (shared nonce secrets)"
+                    )
+        # Any authenticated route may see a DPoP-bound token, so the replay store must span workers.
+        has_auth = any(isinstance(r.auth, AuthPolicy) for r in self.routes)
+        workers_problem = check_workers(self.dpop, self.lifecycle.workers) if has_auth else None
+        if workers_problem:
+            problems.append(workers_problem)
         if problems:
             raise ValueError("\n".join(problems))
         return self

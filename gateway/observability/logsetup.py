@@ -47,14 +47,17 @@ class RedactingFilter(logging.Filter):
 
 
 def configure_logging(level: str = "info") -> None:
-    """Root logger to stderr, one line per record, credentials scrubbed. Idempotent."""
+    """Root logger at ``level``; every root handler scrubs credentials. Idempotent.
+
+    Handlers someone already installed (``logging.basicConfig`` in the CLI) get the filter too;
+    a stderr handler is added only when there is none.
+    """
     root = logging.getLogger()
     root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     for h in root.handlers:
-        if getattr(h, "_gateway", False):
-            return
-    handler = logging.StreamHandler(sys.stderr)
-    handler._gateway = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    root.addHandler(handler)
+        if not any(isinstance(f, RedactingFilter) for f in h.filters):
+            h.addFilter(RedactingFilter())

@@ -15,12 +15,12 @@ What other stages call (all cheap, none blocks):
 ======================================  ===============================================
 ``metrics.route(route_id)``             ``RouteMetrics`` with pre-bound children; the app
                                         keeps one per route and calls ``.finished(...)``
-``metrics.in_flight``                   gauge; ``with metrics.in_flight.track_inprogress()``
+``metrics.in_flight``                   gauge with ``inc()`` / ``dec()`` (event loop only)
 ``metrics.introspection_call(iss, o)``  ``o`` in ``active | inactive | error``
 ``metrics.introspection_cache_lookup``  ``(issuer, hit)``: True on a cache hit, False on a miss
 ``metrics.jwks_fetch(iss, ok)``         one JWKS fetch; ``ok`` False counts a failure
 ``metrics.replay_store_error(store)``   ``store`` in ``redis | memory``
-``metrics.front_proxy_cert_dropped()``  a client-cert header from an untrusted peer dropped
+``metrics.front_proxy_cert_dropped(h)`` client-cert header ``h`` from an untrusted peer dropped
 ``metrics.tls_handshake_failed(r)``     ``r`` from ``gateway.observability.tls``
 ``metrics.config_reload(ok)``           one reload attempt, good or refused
 ======================================  ===============================================
@@ -36,8 +36,10 @@ import time
 from collections.abc import Iterable
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .hotpath import FastCounter, FastGauge, FastHistogram, HotPathCollector
 
 __all__ = (
     "CONTENT_TYPE",
@@ -88,6 +90,7 @@ OTHER: Final = "other"
 
 _CODE = re.compile(r"^[a-z0-9_]{1,48}$")
 _ROUTE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HEADER = re.compile(r"^[a-z0-9-]{1,64}$")
 
 
 def method_class(method: str) -> MethodClass:
@@ -119,9 +122,9 @@ def _status_label(status: int) -> str:
 
 
 class RouteMetrics:
-    """One route's pre-bound metric children: the hot path does a dict lookup and two ``inc``s.
+    """One route's pre-bound series: the hot path does a dict lookup and a few list increments.
 
-    Request counters are cached per ``(method class, status, reason)``; with a closed set of
+    Request counter cells are cached per ``(method, status, reason)``; with a closed set of
     reasons and statuses that cache stays small.
     """
 
@@ -131,10 +134,11 @@ class RouteMetrics:
         self._metrics = metrics
         self._route = route_id
         on = metrics.latency_histograms
-        self._duration = metrics.request_duration.labels(route_id) if on else None
-        self._auth = metrics.auth_duration.labels(route_id) if on else None
-        self._upstream = metrics.upstream_duration.labels(route_id) if on else None
-        self._requests: dict[tuple[str, int, str], Counter] = {}
+        labels = (route_id,)
+        self._duration = metrics.request_duration.series(labels) if on else None
+        self._auth = metrics.auth_duration.series(labels) if on else None
+        self._upstream = metrics.upstream_duration.series(labels) if on else None
+        self._requests: dict[tuple[str, int, str], list[float]] = {}
 
     def finished(
         self,
@@ -147,10 +151,10 @@ class RouteMetrics:
     ) -> None:
         """Count one finished request. ``reason`` is the refusal's reason code, None when allowed."""
         key = (method, status, reason or NO_REASON)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._bind(key)
-        child.inc()
+        cell = self._requests.get(key)
+        if cell is None:
+            cell = self._bind(key)
+        cell[0] += 1
         if self._duration is not None:
             self._duration.observe(duration_s)
             if auth_s is not None and self._auth is not None:
@@ -158,16 +162,14 @@ class RouteMetrics:
             if upstream_s is not None and self._upstream is not None:
                 self._upstream.observe(upstream_s)
 
-    def _bind(self, key: tuple[str, int, str]) -> Counter:
+    def _bind(self, key: tuple[str, int, str]) -> list[float]:
         method, status, reason = key
         m = self._metrics
-        child = m.requests.labels(
-            self._route, method_class(method), _status_label(status), m.reason_label(reason)
-        )
+        cell = m.requests.cell((self._route, method_class(method), _status_label(status), m.reason_label(reason)))
         # Unknown methods are folded into "other" above; keep them out of the cache key space too.
         if len(self._requests) < 4096 and method in _METHOD_CLASS:
-            self._requests[key] = child
-        return child
+            self._requests[key] = cell
+        return cell
 
 
 class Metrics:
@@ -183,34 +185,36 @@ class Metrics:
         self.latency_histograms = latency_histograms
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter(
+        # Per-request metrics: lock-free (see hotpath.py); updated only on the event loop.
+        self.requests = FastCounter(
             "gateway_requests_total",
             "Requests by route id, method class (read/write/other), status and refusal reason code.",
             ("route", "method", "status", "reason"),
-            registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = FastHistogram(
             "gateway_request_duration_seconds",
             "End-to-end request latency as seen by the gateway (until the response is sent).",
             ("route",),
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.auth_duration = Histogram(
+        self.auth_duration = FastHistogram(
             "gateway_auth_duration_seconds",
             "Time spent in the auth decision (credentials, token, binding, policy).",
             ("route",),
-            buckets=AUTH_BUCKETS,
-            registry=r,
+            AUTH_BUCKETS,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = FastHistogram(
             "gateway_upstream_duration_seconds",
-            "Upstream latency until its response headers arrived.",
+            "Upstream exchange time: request sent until the response was relayed.",
             ("route",),
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled right now.", registry=r)
+        self.in_flight = FastGauge("gateway_requests_in_flight", "Requests being handled right now.")
+        r.register(
+            HotPathCollector(
+                self.requests, self.request_duration, self.auth_duration, self.upstream_duration, self.in_flight
+            )
+        )
         self.introspection_requests = Counter(
             "gateway_introspection_requests_total",
             "Token introspection calls (RFC 7662) by issuer and outcome (active/inactive/error).",
@@ -238,6 +242,7 @@ class Metrics:
         self.front_proxy_cert_headers_dropped = Counter(
             "gateway_front_proxy_cert_headers_dropped_total",
             "Client-certificate headers dropped because the sending peer is not a trusted proxy.",
+            ("header",),
             registry=r,
         )
         self.tls_handshake_failures = Counter(
@@ -262,6 +267,7 @@ class Metrics:
         self._reasons = _LabelGuard(limit=128)
         self._issuers = _LabelGuard(limit=64, pattern=_ROUTE_ID, preset=issuers)
         self._tls_reasons = _LabelGuard(limit=32)
+        self._headers = _LabelGuard(limit=16, pattern=_HEADER)
         self._stores = _LabelGuard(limit=4, preset=("redis", "memory"))
         self._routes: dict[str, RouteMetrics] = {}
         self._route_guard = _LabelGuard(limit=1024, pattern=_ROUTE_ID, preset=(UNMATCHED_ROUTE,))
@@ -301,8 +307,9 @@ class Metrics:
     def replay_store_error(self, store: str = "redis") -> None:
         self.replay_store_errors.labels(self._stores(store)).inc()
 
-    def front_proxy_cert_dropped(self) -> None:
-        self.front_proxy_cert_headers_dropped.inc()
+    def front_proxy_cert_dropped(self, header: str = "") -> None:
+        """``header``: the (closed set of) certificate header names, e.g. X-Forwarded-Client-Cert."""
+        self.front_proxy_cert_headers_dropped.labels(self._headers(header.lower() or OTHER)).inc()
 
     def tls_handshake_failed(self, reason: str) -> None:
         self.tls_handshake_failures.labels(self._tls_reasons(reason)).inc()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
+from multidict import istr
 
 from ..config.mtls import ClientCertConfig
 from ..config.schema import GatewayConfig
@@ -77,7 +78,8 @@ class ClientCertificates:
             watched.append(self.front.header)
             if self.front.chain_header:
                 watched.append(self.front.chain_header)
-        self._watched = tuple(dict.fromkeys(watched))
+        # istr: CIMultiDict lookups skip re-folding the case of the name.
+        self._watched = tuple(istr(n) for n in dict.fromkeys(watched))
         self._on_untrusted = on_untrusted_header
         self._last_log = 0.0
         tls = cfg.listen.tls

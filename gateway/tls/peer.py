@@ -3,8 +3,9 @@
 ``getpeercert(binary_form=True)`` is the leaf exactly as sent, so the RFC 8705 §3.1 thumbprint is
 computed over those bytes (MTLS-10). The certificate cannot change during a connection (no
 renegotiation, no post-handshake auth: MTLS-09), so it is parsed and hashed once per connection
-and kept in a ``WeakKeyDictionary`` keyed by the ``SSLObject``: the entry lives exactly as long as
-the connection, so the cache is bounded by the number of open connections.
+and kept on the connection's ``SSLObject`` itself (an attribute; a ``WeakKeyDictionary`` if that
+ever fails): it lives exactly as long as the connection, so the cache is bounded by the number of
+open connections and needs no TTL.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ __all__ = ("peer_certificate", "tls_peer_facts")
 log = logging.getLogger(__name__)
 
 # A connection without a client certificate is cached too (as None).
+_ATTR = "_gateway_peer_facts"
+_MISSING: Any = object()
 _by_connection: weakref.WeakKeyDictionary[Any, CertFacts | None] = weakref.WeakKeyDictionary()
 
 
@@ -61,12 +64,18 @@ def tls_peer_facts(request: web.BaseRequest) -> CertFacts | None:
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
         return None
-    try:
-        return _by_connection[ssl_object]
-    except KeyError:
-        facts = _facts_for(ssl_object)
-        _by_connection[ssl_object] = facts
+    facts: CertFacts | None = getattr(ssl_object, _ATTR, _MISSING)
+    if facts is not _MISSING:
         return facts
+    facts = _by_connection.get(ssl_object, _MISSING)
+    if facts is not _MISSING:
+        return facts
+    facts = _facts_for(ssl_object)
+    try:
+        setattr(ssl_object, _ATTR, facts)
+    except AttributeError:  # an SSL object with __slots__: fall back to the weak mapping
+        _by_connection[ssl_object] = facts
+    return facts
 
 
 def peer_certificate(request: web.BaseRequest) -> PeerCertificate | None:

@@ -8,7 +8,9 @@ the switch the connection uses the new context's certificate and key and, for th
 certificate, the new context's CA store (OpenSSL verifies against ``SSL_get_SSL_CTX(s)->cert_store``).
 What stays from the listening context: verify mode, options, protocol versions, verify flags and
 the session cache; these come from configuration, which is not reloaded, so they never differ.
-Open connections keep the context they started with and are never dropped.
+Open connections keep the context they started with and are never dropped. Session resumption
+is looked up before the switch, so sessions older than the last trust-store change are refused
+(see ``_on_client_hello``).
 
 Triggers: the server cert/key and CA bundle files change (polled by ``os.stat``; Kubernetes
 secret rotation swaps a symlink), the self-signed anchor directory changes, a client JWKS lists
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,6 +72,7 @@ class TlsContextManager:
         self._listening = ctx
         self._current = ctx
         self.generation = 0
+        self._trust_changed_at = 0  # whole seconds, like SSLSession.time
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -81,10 +85,20 @@ class TlsContextManager:
     def current_context(self) -> ssl.SSLContext:
         return self._current
 
-    def _on_client_hello(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+    def _on_client_hello(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> int | None:
         current = self._current
         if current is not ctx:
-            pass
+            ssl_object.context = current
+        # OpenSSL looks the session up before this callback, so a resumed session skips the new
+        # trust store. A session older than the last trust change is refused; the fatal alert
+        # also evicts it from the session cache, so the client's retry is a full handshake.
+        if self._trust_changed_at and ssl_object.session_reused:
+            try:
+                created = ssl_object.session.time
+            except (ValueError, AttributeError):
+                created = 0
+            if created <= self._trust_changed_at:
+                return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
         return None
 
     def _stamp(self) -> list[FileStamp]:
@@ -123,6 +137,9 @@ class TlsContextManager:
                 return False
             if stamps is None:
                 stamps = await asyncio.to_thread(self._stamp)
+            if stamps[2:] != self._stamps[2:] or fp != self._anchor_fp:
+                # CA bundles or anchors changed (not just the server cert): see _on_client_hello.
+                self._trust_changed_at = int(time.time())
             self._current = ctx
             self._stamps = stamps
             self._anchor_fp = fp

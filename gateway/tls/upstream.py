@@ -1,7 +1,8 @@
 """The verified client certificate toward the upstream, in the configured header and format.
 
 The header name is always in ``client_certs.strip_headers``, so the only copy the upstream sees
-is ours (MTLS-13). Rendering is cached by thumbprint: a client's requests all carry the same cert.
+is ours (MTLS-13). Rendering is cached by thumbprint (a client's requests all carry the same
+cert) in a size-bounded dict; the value is a pure function of the DER, so it never goes stale.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import base64
 import hashlib
 from urllib.parse import quote
 
-from cachetools import TTLCache
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -19,7 +19,8 @@ from ..model import PeerCertificate
 
 __all__ = ("render_upstream_cert", "upstream_cert_header")
 
-_rendered: TTLCache[tuple[str, str, bool], str | None] = TTLCache(maxsize=4096, ttl=3600)
+_MAX_RENDERED = 4096
+_rendered: dict[tuple[str, str, bool], str | None] = {}
 
 
 def _pem(der: bytes) -> str:
@@ -53,5 +54,7 @@ def upstream_cert_header(cfg: ClientCertConfig, peer: PeerCertificate | None) ->
     try:
         value = _rendered[key]
     except KeyError:
+        if len(_rendered) >= _MAX_RENDERED:
+            _rendered.clear()
         value = _rendered[key] = render_upstream_cert(forward.format, peer)
     return (forward.header, value) if value is not None else None

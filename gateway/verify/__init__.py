@@ -8,18 +8,22 @@ so a hot token costs one hash and one dict lookup per request.
 
 Wiring::
 
-    verifier = AccessTokenVerifier(cfg.issuers)
+    verifier = AccessTokenVerifier(cfg.issuers, events=metrics)   # events: optional counters
     await verifier.start()      # app startup: metadata + JWKS loaded before serving
+    verifier.ready              # for /readyz: every key-based issuer has a usable key set
     token = await verifier.verify(creds.token, route_policy)
     await verifier.close()      # app cleanup
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal, Protocol
 
 from cachetools import TLRUCache
 
@@ -33,7 +37,15 @@ from .jose import looks_like_jws, parse_compact
 from .jwks import JwksCache
 from .jwt import JwtVerifier
 
-__all__ = ("AccessTokenVerifier", "IssuerRuntime")
+__all__ = ("AccessTokenVerifier", "IssuerRuntime", "VerifierEvents")
+
+
+class VerifierEvents(Protocol):
+    """What the verifier reports (``gateway.observability.metrics.Metrics`` fits), by issuer name."""
+
+    def jwks_fetch(self, issuer: str, ok: bool) -> None: ...
+    def introspection_call(self, issuer: str, outcome: Literal["active", "inactive", "error"]) -> None: ...
+    def introspection_cache_lookup(self, issuer: str, hit: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -51,13 +63,22 @@ class IssuerRuntime:
 class _RouteIssuers:
     by_iss: dict[str, IssuerRuntime]  # JWT-capable issuers of the route, by issuer identifier
     introspection: tuple[IssuerRuntime, ...]  # introspection-capable issuers of the route
+    # Issuers in pure introspection mode: they also get JWT-shaped tokens not verified locally
+    # (a fallback issuer only introspects opaque tokens, so foreign JWTs never go to its AS).
+    introspect_jwts: tuple[IssuerRuntime, ...]
     accepted: frozenset[str]  # issuer identifiers a cached result may carry on this route
 
 
 class AccessTokenVerifier:
     """The ``TokenVerifier`` stage (``gateway.pipeline``) for all configured issuers."""
 
-    def __init__(self, issuers: Sequence[IssuerConfig], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        issuers: Sequence[IssuerConfig],
+        *,
+        clock: Callable[[], float] = time.time,
+        events: VerifierEvents | None = None,
+    ) -> None:
         self._clock = clock
         self.issuers: dict[str, IssuerRuntime] = {}
         for cfg in issuers:
@@ -67,12 +88,17 @@ class AccessTokenVerifier:
             has_keys = bool(cfg.jwks_uri or cfg.jwks_file or cfg.discovery) and (
                 cfg.mode != "introspection" or signed_responses
             )
-            jwks = JwksCache(cfg, http, discovery, clock=clock) if has_keys else None
+            on_fetch = partial(events.jwks_fetch, cfg.name) if events else None
+            jwks = JwksCache(cfg, http, discovery, clock=clock, on_fetch=on_fetch) if has_keys else None
             local = jwks is not None and cfg.mode != "introspection"
             jwt_verifier = JwtVerifier(cfg, jwks, clock=clock) if jwks is not None and local else None
-            introspector = (
-                Introspector(cfg, http, discovery, jwks, clock=clock) if cfg.mode != "jwt" else None
-            )
+            introspector = None
+            if cfg.mode != "jwt":
+                introspector = Introspector(
+                    cfg, http, discovery, jwks, clock=clock,
+                    on_call=partial(events.introspection_call, cfg.name) if events else None,
+                    on_cache=partial(events.introspection_cache_lookup, cfg.name) if events else None,
+                )
             self.issuers[cfg.name] = IssuerRuntime(cfg, http, jwks, jwt_verifier, introspector)
         size = max((c.token_cache_size for c in issuers), default=1)
         self._ttl_cap = {c.issuer: c.token_cache_ttl_s for c in issuers}
@@ -85,9 +111,8 @@ class AccessTokenVerifier:
         return min(value.expires_at, now + self._ttl_cap.get(value.issuer, 0.0))
 
     async def start(self) -> None:
-        for rt in self.issuers.values():
-            if rt.jwks is not None:
-                await rt.jwks.start()
+        # In parallel: one slow AS must not delay the others (each fetch is time-bounded).
+        await asyncio.gather(*(rt.jwks.start() for rt in self.issuers.values() if rt.jwks is not None))
 
     async def close(self) -> None:
         for rt in self.issuers.values():
@@ -107,6 +132,7 @@ class AccessTokenVerifier:
             found = _RouteIssuers(
                 by_iss={rt.cfg.issuer: rt for rt in runtimes if rt.jwt is not None},
                 introspection=tuple(rt for rt in runtimes if rt.introspector is not None),
+                introspect_jwts=tuple(rt for rt in runtimes if rt.cfg.mode == "introspection"),
                 accepted=frozenset(rt.cfg.issuer for rt in runtimes if rt.jwt is not None),
             )
             self._routes[policy.issuers] = found
@@ -131,10 +157,11 @@ class AccessTokenVerifier:
                     result = await rt.jwt.verify(jws)
                     self.token_cache[digest] = result
                     return result
-                if not route.introspection:
+                if not route.introspect_jwts:
                     raise InvalidTokenError(
                         "the access token was not issued by an accepted issuer", reason="token_wrong_issuer"
                     )
+                return await self._introspect(token, digest, route.introspect_jwts)
         if not route.introspection:
             raise InvalidTokenError("the access token is not a JWT access token", reason="token_malformed")
         return await self._introspect(token, digest, route.introspection)

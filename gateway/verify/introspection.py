@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote_plus
 
 import jwt
@@ -61,8 +61,12 @@ class Introspector:
         keys: JwksCache | None,
         *,
         clock: Callable[[], float] = time.time,
+        on_call: Callable[[Literal["active", "inactive", "error"]], None] | None = None,
+        on_cache: Callable[[bool], None] | None = None,
     ) -> None:
         assert cfg.introspection is not None
+        self._on_call = on_call
+        self._on_cache = on_cache
         self._cfg = cfg
         self._icfg = cfg.introspection
         self._http = http
@@ -91,9 +95,12 @@ class Introspector:
 
     async def introspect(self, token: str, digest: bytes) -> VerifiedToken:
         hit = self.positive.get(digest)
+        negative = hit is None and digest in self.negative
+        if self._on_cache is not None:
+            self._on_cache(hit is not None or negative)
         if hit is not None:
             return hit
-        if digest in self.negative:
+        if negative:
             raise InvalidTokenError("the access token is not active", reason="token_inactive")
         task = self._inflight.get(digest)
         if task is None:
@@ -112,12 +119,21 @@ class Introspector:
         try:
             result = await self._call(token)
         except InvalidTokenError as exc:
+            self._event("inactive")
             if self._icfg.negative_cache_ttl_s > 0:
                 self.negative[digest] = exc.reason
             raise
+        except GatewayError:
+            self._event("error")
+            raise
+        self._event("active")
         if self._icfg.cache_ttl_s > 0 and result.expires_at > self._clock():
             self.positive[digest] = result
         return result
+
+    def _event(self, outcome: Literal["active", "inactive", "error"]) -> None:
+        if self._on_call is not None:
+            self._on_call(outcome)
 
     async def _endpoint(self) -> str:
         if self._icfg.endpoint is not None:
@@ -159,7 +175,11 @@ class Introspector:
 
     async def _call(self, token: str) -> VerifiedToken:
         endpoint = await self._endpoint()
-        headers, form = self._client_auth()
+        try:
+            headers, form = self._client_auth()
+        except Exception:  # a signing failure is ours, not the client's: fail closed
+            log.exception("issuer %s: building the client assertion failed", self._cfg.name)
+            raise _unavailable("introspection_client_auth") from None
         jwt_mode = self._icfg.response == "jwt"
         headers["Accept"] = _JWT_RESPONSE_TYPE if jwt_mode else "application/json"
         form["token"] = token

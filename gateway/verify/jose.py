@@ -68,11 +68,18 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def loads_strict(data: bytes) -> Any:
     """JSON from UTF-8 bytes, refusing duplicate members and other encodings (RFC 8725 §3.7)."""
-    return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    try:
+        return _DECODER.decode(data.decode("utf-8"))
+    except RecursionError:  # "[[[[...": deep nesting must be a 401, never a 500
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder, built once: json.loads(...) with hooks would build a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
 @dataclass(frozen=True, slots=True)

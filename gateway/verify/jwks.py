@@ -78,7 +78,7 @@ def _parse_key(jwk: Mapping[str, Any]) -> VerificationKey | None:
         return None
     try:
         key = jwt.PyJWK(dict(jwk), algorithm=parse_alg).key
-    except (jwt.exceptions.PyJWTError, ValueError, TypeError, KeyError):
+    except Exception:  # PyJWTError, ValueError, cryptography errors...: an unusable key is skipped
         return None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
         return None
@@ -107,8 +107,10 @@ class JwksCache:
         discovery: Discovery | None,
         *,
         clock: Callable[[], float] = time.time,
+        on_fetch: Callable[[bool], None] | None = None,
     ) -> None:
         self._cfg = cfg
+        self._on_fetch = on_fetch
         self._http = http
         self._discovery = discovery
         self._clock = clock
@@ -191,7 +193,11 @@ class JwksCache:
         except (FetchError, OSError, ValueError, UnicodeError) as exc:
             state = "keeping the last good key set" if self._keys is not None else "no keys yet"
             log.warning("issuer %s: loading keys from %s failed (%s); %s", self._cfg.name, source, exc, state)
+            if self._on_fetch is not None:
+                self._on_fetch(False)
             return
+        if self._on_fetch is not None:
+            self._on_fetch(True)
         self._keys = keys
         self._loaded_at = self._clock()
 
