@@ -100,15 +100,20 @@ _NO_CHALLENGE = ChallengeSettings(schemes=())
 class GatewayState:
     """Everything built from one configuration."""
 
-    def __init__(self, cfg: GatewayConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, metrics: Metrics, client_certs: ClientCertificates | None = None
+    ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         # Requests running on this state; a reload closes the old state once this reaches 0.
         self.in_flight = 0
         self.router = Router(cfg)
         self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics)
-        # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS context.
-        self.client_certs = ClientCertificates(
+        # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS
+        # context. A running server owns one for its listener and lends it to every state it builds,
+        # so a config reload never detaches the listener's context from its watcher.
+        self._owns_client_certs = client_certs is None
+        self.client_certs = client_certs or ClientCertificates(
             cfg, on_untrusted_header=lambda _header: metrics.front_proxy_cert_dropped()
         )
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
@@ -145,14 +150,16 @@ class GatewayState:
         return any(addr in net for net in self.trusted)
 
     async def start(self) -> None:
-        await self.client_certs.start()
+        if self._owns_client_certs:
+            await self.client_certs.start()
         for lc in self._lifecycles:
             await lc.start()
 
     async def close(self) -> None:
         for lc in reversed(self._lifecycles):
             await lc.close()
-        await self.client_certs.close()
+        if self._owns_client_certs:
+            await self.client_certs.close()
         for up in self.upstreams.values():
             await up.close()
 
@@ -167,8 +174,10 @@ class StateHolder:
 STATE = web.AppKey("gateway_state", StateHolder)
 
 
-def build_state(cfg: GatewayConfig, metrics: Metrics | None = None) -> GatewayState:
-    return GatewayState(cfg, metrics or Metrics())
+def build_state(
+    cfg: GatewayConfig, metrics: Metrics | None = None, client_certs: ClientCertificates | None = None
+) -> GatewayState:
+    return GatewayState(cfg, metrics or Metrics(), client_certs)
 
 
 # --- the request handler ---------------------------------------------------------------------

@@ -47,6 +47,7 @@ from .observability.logsetup import configure_logging
 from .observability.metrics import Metrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
+from .tls.clientcerts import ClientCertificates
 
 __all__ = ("GatewayServer", "run")
 
@@ -105,6 +106,7 @@ class GatewayServer:
         self._runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._redis: RedisProbe | None = None
+        self.client_certs: ClientCertificates | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[GatewayState] = set()
         self._reload_lock = asyncio.Lock()
@@ -118,11 +120,17 @@ class GatewayServer:
             self.access_log = AccessLog(cfg.observability.access_log)
         if self.config_path is not None:
             self._config_digest = self._digest()
-        state = build_state(cfg, self.metrics)
+        # The listener's client-certificate stage outlives config reloads: every state borrows it.
+        metrics = self.metrics
+        self.client_certs = ClientCertificates(
+            cfg, on_untrusted_header=lambda _header: metrics.front_proxy_cert_dropped()
+        )
+        await self.client_certs.start()
+        state = build_state(cfg, self.metrics, self.client_certs)
         self.app = build_app(cfg, state=state, observer=Observer(self.metrics, self.access_log))
         if cfg.listen.tls is not None and self.ssl_context is None:
-            # Hot-reloaded (cert/key/CA/anchors) by the state's TlsContextManager.
-            self.ssl_context = state.client_certs.listening_context
+            # Hot-reloaded (cert/key/CA/anchors) by the client-certificate stage's TlsContextManager.
+            self.ssl_context = self.client_certs.listening_context
         if self.ssl_context is not None:
             count_handshake_failures(self.ssl_context, self.metrics.tls_handshake_failed)
         self._runner = web.AppRunner(
@@ -138,7 +146,11 @@ class GatewayServer:
         self.port = _bound_port(site)
 
         self._install_readiness_checks()
-        admin = build_admin_app(self.readiness, self.metrics.render)
+        render = self.metrics.render
+        if not cfg.observability.metrics.enabled:
+            def render() -> bytes:
+                return b"# metrics disabled (observability.metrics.enabled: false)\n"
+        admin = build_admin_app(self.readiness, render)
         self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self._admin_runner.setup()
         admin_site = web.TCPSite(
@@ -205,7 +217,7 @@ class GatewayServer:
                 return False
             new_state: GatewayState | None = None
             try:
-                new_state = build_state(new_cfg, self.metrics)
+                new_state = build_state(new_cfg, self.metrics, self.client_certs)
                 await new_state.start()
             except Exception as exc:  # anything the new state cannot do keeps the old one
                 log.error("config reload refused, keeping the running config: %s: %s",
@@ -297,6 +309,9 @@ class GatewayServer:
                 await old.close()
         if self._redis is not None:
             await self._redis.close()
+        if self.client_certs is not None:
+            await self.client_certs.close()
+            self.client_certs = None
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
