@@ -27,6 +27,7 @@ from .errors import (
     DependencyError,
     GatewayError,
     MethodNotAllowedError,
+    MisdirectedRequestError,
     OAuthError,
     Scheme,
 )
@@ -39,6 +40,7 @@ from .proxy.forward import Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS
 from .routing import Route, Router, check_path
 from .tls.clientcerts import ClientCertificates
+from .tls.names import server_names
 
 __all__ = ("STATE", "GatewayState", "StateHolder", "build_app", "build_pipeline", "build_state")
 
@@ -138,6 +140,9 @@ class GatewayState:
         self.scheme = "https" if listen.tls is not None else "http"
         self.origin = listen.external_origin
         self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in listen.trusted_proxies)
+        # Without a configured external origin the URL a client signed (DPoP htu) is rebuilt from
+        # Host, so Host must name this server: one of its certificate's names (DPOP-14, PRX-10).
+        self.server_names = server_names(listen.tls.cert) if listen.tls is not None else None
         self.default_headers = HeaderPolicy()
 
     def is_trusted(self, remote: str | None) -> bool:
@@ -276,7 +281,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
             proto = req_headers.get("X-Forwarded-Proto", proto).split(",")[0].strip() or proto
             fwd_host = req_headers.get("X-Forwarded-Host", "").split(",")[0].strip()
             public_host = fwd_host or public_host
-        origin = route.config.external_origin or state.origin or f"{proto}://{public_host}"
+        origin = route.config.external_origin or state.origin
+        if origin is None:
+            if not trusted and state.server_names is not None and not state.server_names.match(public_host):
+                raise MisdirectedRequestError("this server does not serve that host")
+            origin = f"{proto}://{public_host}"
         auth_req = AuthRequest(
             method=request.method,
             url=origin + request.raw_path.split("?", 1)[0],
@@ -315,7 +324,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         status, reason = resp.status, None
         return resp
     except GatewayError as exc:
-        log.debug("refused %s %s: %s", request.method, request.path, exc.reason)
+        # FAPI-03: every log entry about a request names its x-fapi-interaction-id.
+        log.debug("refused %s %s: %s (x-fapi-interaction-id %s)", request.method, request.path, exc.reason, fapi_id)
         status, reason = exc.status, exc.reason
         return error_response(exc, challenge, fapi_id)
     except asyncio.CancelledError:

@@ -21,6 +21,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   └── UpstreamTimeoutError          504
     ├── RouteNotFoundError                404
     ├── MethodNotAllowedError             405
+    ├── MisdirectedRequestError           421
     └── PayloadTooLargeError              413
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
@@ -43,6 +44,7 @@ __all__ = (
     "InvalidTokenError",
     "KeySourceUnavailableError",
     "MethodNotAllowedError",
+    "MisdirectedRequestError",
     "MissingCredentialsError",
     "OAuthError",
     "PayloadTooLargeError",
@@ -173,6 +175,13 @@ class UpstreamTimeoutError(DependencyError):
 class RouteNotFoundError(GatewayError):
     status = 404
     default_reason = "no_route"
+
+
+class MisdirectedRequestError(GatewayError):
+    """The Host names a server this listener is not (RFC 9110 §15.5.20; checklist PRX-10, DPOP-14)."""
+
+    status = 421
+    default_reason = "misdirected_request"
 
 
 class MethodNotAllowedError(GatewayError):

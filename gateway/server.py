@@ -24,12 +24,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import multiprocessing
 import os
 import signal
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -72,7 +70,9 @@ def _fingerprint(path: str) -> tuple[int, int, int, int] | None:
 
 
 def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
-    return [name for name in ("listen", "admin", "lifecycle") if getattr(old, name) != getattr(new, name)]
+    # The listener, its client-certificate stage and the process layout outlive a reload.
+    fixed = ("listen", "admin", "client_certs", "lifecycle")
+    return [name for name in fixed if getattr(old, name) != getattr(new, name)]
 
 
 class GatewayServer:
@@ -122,9 +122,7 @@ class GatewayServer:
             self._config_digest = self._digest()
         # The listener's client-certificate stage outlives config reloads: every state borrows it.
         metrics = self.metrics
-        self.client_certs = ClientCertificates(
-            cfg, on_untrusted_header=lambda _header: metrics.front_proxy_cert_dropped()
-        )
+        self.client_certs = ClientCertificates(cfg, on_untrusted_header=metrics.front_proxy_cert_dropped)
         await self.client_certs.start()
         state = build_state(cfg, self.metrics, self.client_certs)
         self.app = build_app(cfg, state=state, observer=Observer(self.metrics, self.access_log))
@@ -233,7 +231,7 @@ class GatewayServer:
             holder = self.holder
             old, holder.current = holder.current, new_state
             self.cfg = new_cfg
-            if new_cfg.observability != old.cfg.observability:
+            if new_cfg.observability.access_log != old.cfg.observability.access_log:
                 self._swap_access_log(new_cfg)
             logging.getLogger().setLevel(new_cfg.observability.log_level.upper())
             self.metrics.config_reload(True)
@@ -347,86 +345,14 @@ async def _reload_quietly(server: GatewayServer) -> None:
         server.metrics.config_reload(False)
 
 
-def _run_loop(server: GatewayServer) -> None:
+def run_loop(server: GatewayServer) -> None:
+    """Serve until SIGTERM/SIGINT on a fresh event loop (uvloop when installed)."""
     try:
         import uvloop
     except ImportError:  # optional extra
         asyncio.run(_serve(server))
     else:
         uvloop.run(_serve(server))
-
-
-def _worker_main(config_path: str, log_level: str) -> None:
-    """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
-    configure_logging(log_level)
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(78)
-    _run_loop(GatewayServer(cfg, reuse_port=True, config_path=config_path))
-
-
-def _supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: float) -> int:
-    """Start ``workers`` processes, forward SIGHUP/SIGTERM, restart crashed ones; 0 on clean stop."""
-    ctx = multiprocessing.get_context("spawn")
-    signals: list[int] = []
-
-    def remember(signum: int, _frame: object) -> None:
-        signals.append(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, remember)
-
-    def start_one() -> multiprocessing.process.BaseProcess:
-        p = ctx.Process(target=_worker_main, args=(config_path, log_level), daemon=False)
-        p.start()
-        return p
-
-    procs = [start_one() for _ in range(workers)]
-    log.info("supervisor pid %d: %d workers (%s)", os.getpid(), workers, ", ".join(str(p.pid) for p in procs))
-    recent_deaths: list[float] = []
-    while True:
-        while signals:
-            got = signals.pop(0)
-            if got == signal.SIGHUP:
-                for p in procs:
-                    if p.pid is not None and p.is_alive():
-                        os.kill(p.pid, signal.SIGHUP)
-            else:
-                return _stop_workers(procs, stop_timeout_s)
-        for i, p in enumerate(procs):
-            if p.is_alive():
-                continue
-            code = p.exitcode
-            now = time.monotonic()
-            recent_deaths = [t for t in recent_deaths if now - t < 30] + [now]
-            if code == 78 or len(recent_deaths) > 5 * workers:
-                log.error("worker %s exited with %s; giving up", p.pid, code)
-                _stop_workers(procs, stop_timeout_s)
-                return 1
-            log.error("worker %s exited with %s; restarting it", p.pid, code)
-            procs[i] = start_one()
-        time.sleep(0.1)
-
-
-def _stop_workers(procs: list[multiprocessing.process.BaseProcess], timeout_s: float) -> int:
-    for p in procs:
-        if p.pid is not None and p.is_alive():
-            os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    code = 0
-    for p in procs:
-        if p.is_alive():
-            log.error("worker %s did not stop in time; killing it", p.pid)
-            p.kill()
-            p.join()
-            code = 1
-        elif p.exitcode != 0:
-            code = 1
-    return code
 
 
 def run(
@@ -443,7 +369,9 @@ def run(
     if n > 1:
         if config_path is None:
             raise ValueError("--workers needs a config file (each worker loads it)")
+        from .supervisor import supervise
+
         life = cfg.lifecycle
-        return _supervise(config_path, n, level, life.shutdown_delay_s + life.shutdown_grace_s + 5)
-    _run_loop(GatewayServer(cfg, config_path=config_path))
+        return supervise(config_path, n, level, life.shutdown_delay_s + life.shutdown_grace_s + 5)
+    run_loop(GatewayServer(cfg, config_path=config_path))
     return 0

@@ -39,6 +39,9 @@ _HASHES: dict[str, hashes.HashAlgorithm] = {
     "512": hashes.SHA512(),
 }
 _EC_SIG_BYTES = {"ES256": 64, "ES384": 96, "ES512": 132}
+# Real headers are 200-900 characters (EC to RSA-4096 keys); bigger ones are verified, not cached,
+# so the cache's memory stays bounded by entries x this.
+_MAX_CACHED_HEADER = 2048
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -189,7 +192,8 @@ class DpopVerifier:
         if parsed.kty != kty or (crv is not None and parsed.crv != crv):
             raise _bad("DPoP proof jwk key type does not match alg", "dpop_bad_jwk")
         header = _Header(alg=alg, jwk=parsed)
-        self._headers.put(segment, header)
+        if len(segment) <= _MAX_CACHED_HEADER:
+            self._headers.put(segment, header)
         return header
 
     def _check_time(self, claims: dict[str, Any], now: float, nonce_valid: bool) -> None:

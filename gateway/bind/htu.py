@@ -126,7 +126,11 @@ def compare_htu(htu: str, request_url: str) -> str | None:
         claimed = normalize_url(htu)
     except ValueError as exc:
         return f"htu is not a usable absolute URL ({exc})"
-    expected = normalize_url(request_url)
+    try:
+        expected = normalize_url(request_url)
+    except ValueError:
+        # A request path outside RFC 3986 (raw bytes...) cannot be named by any htu: refuse.
+        return "htu does not match the request URI"
     if claimed == expected:
         return None
     for part in ("scheme", "host", "port", "path"):

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import GatewayFactory, Pki, Upstream
+from tests.conftest import GatewayFactory, Pki, Upstream, gateway_yaml
 
 
 def open_route(upstream_url: str, extra: str = "") -> str:
@@ -204,3 +204,26 @@ async def test_large_upload_and_download_stream_in_bounded_memory(
         assert got == size
     grown = _rss_mb() - before
     assert grown < 100, f"peak RSS grew by {grown:.0f} MB while streaming {size >> 20} MiB each way"
+
+
+async def test_host_must_name_this_server_without_external_origin(
+    gateway: GatewayFactory, upstream: Upstream, pki: Pki
+) -> None:
+    """PRX-10 / DPOP-14: with no external_origin, Host is what the DPoP htu is rebuilt from, so a
+    Host the server certificate does not cover gets 421 and is never used."""
+    gw = await gateway(open_route(upstream.url))
+    async with aiohttp.ClientSession() as s:
+        for host, expected in (("localhost", 200), (f"127.0.0.1:{gw.port}", 200), ("evil.example", 421),
+                               (f"evil.example:{gw.port}", 421)):
+            r = await s.get(f"https://localhost:{gw.port}/x", ssl=pki.client_context(), headers={"Host": host})
+            assert r.status == expected, host
+    assert len(upstream.requests) == 2
+
+
+async def test_external_origin_makes_host_irrelevant(gateway: GatewayFactory, upstream: Upstream, pki: Pki) -> None:
+    text = gateway_yaml(pki, open_route(upstream.url)).replace(
+        "admin:", "  external_origin: https://api.bank.example\nadmin:", 1)
+    gw = await gateway(text, raw=True)
+    async with aiohttp.ClientSession() as s:
+        r = await s.get(f"https://localhost:{gw.port}/x", ssl=pki.client_context(), headers={"Host": "other.example"})
+        assert r.status == 200

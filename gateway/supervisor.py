@@ -1,0 +1,100 @@
+"""Worker processes: N copies of the gateway sharing its ports (SO_REUSEPORT).
+
+The supervisor binds nothing itself. It starts each worker with the ``spawn`` method (a fresh
+interpreter: no event loop, thread or socket inherited), forwards SIGHUP (reload) and SIGTERM /
+SIGINT (graceful shutdown) to all of them, and restarts a worker that dies, giving up when
+workers keep dying (or exit with the config-error status 78). Exit status: 0 when every worker
+stopped cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import sys
+import time
+
+from .config import load_config
+from .errors import ConfigError
+from .observability.logsetup import configure_logging
+from .server import GatewayServer, run_loop
+
+__all__ = ("supervise",)
+
+log = logging.getLogger("gateway")
+
+
+def _worker_main(config_path: str, log_level: str) -> None:
+    """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
+    configure_logging(log_level)
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(78)
+    run_loop(GatewayServer(cfg, reuse_port=True, config_path=config_path))
+
+
+def supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: float) -> int:
+    """Start ``workers`` processes, forward SIGHUP/SIGTERM, restart crashed ones; 0 on clean stop."""
+    ctx = multiprocessing.get_context("spawn")
+    signals: list[int] = []
+
+    def remember(signum: int, _frame: object) -> None:
+        signals.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, remember)
+
+    def start_one() -> multiprocessing.process.BaseProcess:
+        p = ctx.Process(target=_worker_main, args=(config_path, log_level), daemon=False)
+        p.start()
+        return p
+
+    procs = [start_one() for _ in range(workers)]
+    log.info("supervisor pid %d: %d workers (%s)", os.getpid(), workers, ", ".join(str(p.pid) for p in procs))
+    recent_deaths: list[float] = []
+    while True:
+        while signals:
+            got = signals.pop(0)
+            if got == signal.SIGHUP:
+                for p in procs:
+                    if p.pid is not None and p.is_alive():
+                        os.kill(p.pid, signal.SIGHUP)
+            else:
+                return _stop_workers(procs, stop_timeout_s)
+        for i, p in enumerate(procs):
+            if p.is_alive():
+                continue
+            code = p.exitcode
+            now = time.monotonic()
+            recent_deaths = [t for t in recent_deaths if now - t < 30] + [now]
+            if code == 78 or len(recent_deaths) > 5 * workers:
+                log.error("worker %s exited with %s; giving up", p.pid, code)
+                _stop_workers(procs, stop_timeout_s)
+                return 1
+            log.error("worker %s exited with %s; restarting it", p.pid, code)
+            procs[i] = start_one()
+        time.sleep(0.1)
+
+
+def _stop_workers(procs: list[multiprocessing.process.BaseProcess], timeout_s: float) -> int:
+    for p in procs:
+        if p.pid is not None and p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    code = 0
+    for p in procs:
+        if p.is_alive():
+            log.error("worker %s did not stop in time; killing it", p.pid)
+            p.kill()
+            p.join()
+            code = 1
+        elif p.exitcode != 0:
+            code = 1
+    return code
