@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from .challenge import ChallengeSettings, nonce_header, render_challenges
 from .config import AuthPolicy, GatewayConfig
 from .errors import (
+    CorsRefusedError,
     DependencyError,
     GatewayError,
     MethodNotAllowedError,
@@ -36,11 +37,12 @@ from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, OBSERVER, Observer
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
+from .proxy.cors import CorsPolicy
 from .proxy.forward import Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS
 from .routing import Route, Router, check_path
 from .tls.clientcerts import ClientCertificates
-from .tls.names import server_names
+from .tls.names import hostname, server_names
 
 __all__ = ("STATE", "GatewayState", "StateHolder", "build_app", "build_pipeline", "build_state")
 
@@ -94,6 +96,7 @@ class RouteRuntime:
     headers: HeaderPolicy
     challenge: ChallengeSettings
     upstream: UpstreamClient
+    cors: CorsPolicy | None = None
 
 
 _NO_CHALLENGE = ChallengeSettings(schemes=())
@@ -134,6 +137,7 @@ class GatewayState:
                     dpop_algs=dpop_algs,
                 ),
                 upstream=up,
+                cors=CorsPolicy(route.config.cors, route.config.match.methods) if route.config.cors else None,
             )
         self.forwarder = Forwarder(self.upstreams)
         listen = cfg.listen
@@ -256,6 +260,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     up_s: float | None = None
     up_status: int | None = None
     t_auth: float | None = None
+    rt: RouteRuntime | None = None
+    cors_origin: str | None = None
     state.in_flight += 1
     state.metrics.in_flight.inc()
     try:
@@ -267,11 +273,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
                                                      "x-fapi-interaction-id": fapi_id})
         check_path(request.raw_path)
-        host = (request.host or "").rsplit(":", 1)[0].lower() if request.host else ""
-        route = state.router.match(request.method, host, request.path)
+        route = state.router.match(request.method, hostname(request.host or ""), request.path)
         route_id = route.id
         rt = state.routes[route.id]
         challenge = rt.challenge
+        if rt.cors is not None:
+            cors_origin = rt.cors.allowed_origin(request.headers)
+            if rt.cors.is_preflight(request.method, request.headers):
+                # Answered here, without auth, never forwarded (a preflight carries no credentials).
+                if cors_origin is None:
+                    raise CorsRefusedError("origin not allowed")
+                status, reason = 204, None
+                headers = rt.cors.preflight_headers(cors_origin)
+                headers["x-fapi-interaction-id"] = fapi_id
+                return web.Response(status=204, headers=headers)
         remote = request.remote or ""
         trusted = state.is_trusted(remote)
         req_headers = request.headers
@@ -312,13 +327,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
             prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
         )
         t_up = time.perf_counter()
+        extra: tuple[tuple[str, str], ...] = (("x-fapi-interaction-id", fapi_id), *decision.response_headers)
+        if cors_origin is not None and rt.cors is not None:
+            cors_headers = CIMultiDict[str]()
+            rt.cors.add_response_headers(cors_headers, cors_origin)
+            extra = (*extra, *cors_headers.items())
         resp, up_status = await state.forwarder.forward(
             request,
             rt.upstream,
             up_headers,
             max_body_bytes=route.config.max_body_bytes,
             header_policy=rt.headers,
-            extra_response_headers=(("x-fapi-interaction-id", fapi_id), *decision.response_headers),
+            extra_response_headers=extra,
         )
         up_s = time.perf_counter() - t_up
         status, reason = resp.status, None
@@ -327,10 +347,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # FAPI-03: every log entry about a request names its x-fapi-interaction-id.
         log.debug("refused %s %s: %s (x-fapi-interaction-id %s)", request.method, request.path, exc.reason, fapi_id)
         status, reason = exc.status, exc.reason
-        return error_response(exc, challenge, fapi_id)
+        resp = error_response(exc, challenge, fapi_id)
+        if cors_origin is not None and rt is not None and rt.cors is not None:
+            rt.cors.add_response_headers(resp.headers, cors_origin)
+        return resp
     except asyncio.CancelledError:
         status, reason = CLIENT_CLOSED, "client_closed"
         raise
+    except Exception:
+        # A bug, not a refusal: 500 with no detail; the traceback goes to the log only.
+        log.exception("internal error (x-fapi-interaction-id %s)", fapi_id)
+        status, reason = 500, "internal"
+        return error_response(GatewayError("internal error"), _NO_CHALLENGE, fapi_id)
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.dec()

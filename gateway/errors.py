@@ -20,6 +20,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   ├── UpstreamUnavailableError      502
     │   └── UpstreamTimeoutError          504
     ├── RouteNotFoundError                404
+    ├── CorsRefusedError                  403 (preflight from an origin not allowed)
     ├── MethodNotAllowedError             405
     ├── MisdirectedRequestError           421
     └── PayloadTooLargeError              413
@@ -35,6 +36,7 @@ Scheme = Literal["Bearer", "DPoP"]
 
 __all__ = (
     "ConfigError",
+    "CorsRefusedError",
     "DependencyError",
     "GatewayError",
     "InsufficientScopeError",
@@ -175,6 +177,13 @@ class UpstreamTimeoutError(DependencyError):
 class RouteNotFoundError(GatewayError):
     status = 404
     default_reason = "no_route"
+
+
+class CorsRefusedError(GatewayError):
+    """A CORS preflight from an origin the route does not allow."""
+
+    status = 403
+    default_reason = "cors_origin_refused"
 
 
 class MisdirectedRequestError(GatewayError):

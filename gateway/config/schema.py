@@ -136,6 +136,26 @@ class RouteMatch(Model):
         return self
 
 
+class CorsConfig(Model):
+    """Browser access to a route (``DPoP``, ``DPoP-Nonce`` and ``WWW-Authenticate`` always included)."""
+
+    allowed_origins: Annotated[tuple[str, ...], Field(min_length=1)]
+    allowed_methods: tuple[Annotated[str, AfterValidator(_method)], ...] = ()
+    allowed_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age_s: Annotated[int, Field(ge=0, le=86400)] = 600
+    allow_credentials: bool = False
+
+    @model_validator(mode="after")
+    def _origins(self) -> CorsConfig:
+        for origin in self.allowed_origins:
+            if origin != "*":
+                _origin(origin)
+        if self.allow_credentials and "*" in self.allowed_origins:
+            raise ValueError("allow_credentials cannot be combined with allowed_origins: ['*']")
+        return self
+
+
 def _auth_kind(value: object) -> str:
     # One branch per shape, so an error names the field that is wrong, not every union branch.
     return "none" if isinstance(value, str) else "policy"
@@ -156,6 +176,8 @@ class RouteConfig(Model):
     forward_credentials: bool = True
     # The origin clients use for this route (DPoP htu), overriding listen.external_origin.
     external_origin: Origin | None = None
+    # Browser clients: preflights answered here; DPoP-Nonce / WWW-Authenticate exposed.
+    cors: CorsConfig | None = None
 
 
 class GatewayConfig(Model):

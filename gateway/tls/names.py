@@ -11,10 +11,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-__all__ = ("ServerNames", "server_names")
+__all__ = ("ServerNames", "hostname", "server_names")
 
 
-def _hostname(host: str) -> str:
+def hostname(host: str) -> str:
     """``Host`` without its port, lower case; IPv6 literals lose their brackets."""
     host = host.strip().lower()
     if host.startswith("["):
@@ -28,7 +28,7 @@ class ServerNames:
     wildcard_parents: frozenset[str]  # "*.bank.example" -> "bank.example"
 
     def match(self, host: str) -> bool:
-        name = _hostname(host)
+        name = hostname(host)
         if not name:
             return False
         if name in self.exact:
