@@ -55,7 +55,7 @@ class Lifecycle(Protocol):
 
 
 def build_pipeline(
-    cfg: GatewayConfig, metrics: Metrics
+    cfg: GatewayConfig, metrics: Metrics, previous: GatewayState | None = None
 ) -> tuple[AuthPipeline, list[Lifecycle], frozenset[str]]:
     """The auth stages for ``cfg``, their start/close hooks, and the header names they inject.
 
@@ -64,8 +64,13 @@ def build_pipeline(
     lifecycles: list[Lifecycle] = []
     injected: frozenset[str] = frozenset()
     from .bind import Binder  # step 4: DPoP proofs + replay store + cnf.x5t#S256 (issue 5)
+    from .bind.replay import MemoryReplayStore
 
-    binder = Binder(cfg.dpop)
+    # A reload keeps an in-process replay store (same settings), or seen jtis would be forgotten.
+    keep = previous is not None and previous.cfg.dpop.replay == cfg.dpop.replay and isinstance(
+        previous.replay_store, MemoryReplayStore
+    )
+    binder = Binder(cfg.dpop, replay=previous.replay_store if keep and previous is not None else None)
     lifecycles.append(binder)  # opens/closes the replay store's Redis pool
     from .credentials import extract_credentials  # steps 2, 3, 5 (issue 3)
     from .policy import check_policy, identity_header_names
@@ -106,14 +111,19 @@ class GatewayState:
     """Everything built from one configuration."""
 
     def __init__(
-        self, cfg: GatewayConfig, metrics: Metrics, client_certs: ClientCertificates | None = None
+        self,
+        cfg: GatewayConfig,
+        metrics: Metrics,
+        client_certs: ClientCertificates | None = None,
+        previous: GatewayState | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         # Requests running on this state; a reload closes the old state once this reaches 0.
         self.in_flight = 0
         self.router = Router(cfg)
-        self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics)
+        self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics, previous)
+        self.replay_store = next((lc.replay for lc in self._lifecycles if hasattr(lc, "replay")), None)
         # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS
         # context. A running server owns one for its listener and lends it to every state it builds,
         # so a config reload never detaches the listener's context from its watcher.
@@ -184,9 +194,13 @@ STATE = web.AppKey("gateway_state", StateHolder)
 
 
 def build_state(
-    cfg: GatewayConfig, metrics: Metrics | None = None, client_certs: ClientCertificates | None = None
+    cfg: GatewayConfig,
+    metrics: Metrics | None = None,
+    client_certs: ClientCertificates | None = None,
+    previous: GatewayState | None = None,
 ) -> GatewayState:
-    return GatewayState(cfg, metrics or Metrics(), client_certs)
+    """``previous``: the state being replaced by a reload, whose long-lived parts may carry over."""
+    return GatewayState(cfg, metrics or Metrics(), client_certs, previous)
 
 
 # --- the request handler ---------------------------------------------------------------------

@@ -215,7 +215,7 @@ class GatewayServer:
                 return False
             new_state: GatewayState | None = None
             try:
-                new_state = build_state(new_cfg, self.metrics, self.client_certs)
+                new_state = build_state(new_cfg, self.metrics, self.client_certs, self.holder.current)
                 await new_state.start()
             except Exception as exc:  # anything the new state cannot do keeps the old one
                 log.error("config reload refused, keeping the running config: %s: %s",

@@ -68,7 +68,9 @@ class MemoryReplayStore:
         return None
 
     async def close(self) -> None:
-        self._entries.clear()
+        # Nothing to release, and not cleared: a config reload hands this store to the new state,
+        # so a proof seen just before a reload is still refused just after it.
+        return None
 
     def first_use_sync(self, key: bytes, ttl_s: int) -> bool:
         now = self._clock()

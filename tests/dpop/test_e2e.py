@@ -184,3 +184,28 @@ async def test_fresh_nonce_on_success_when_about_to_expire(
     (fresh,) = h["dpop-nonce"]
     assert fresh not in (nonce, "from-upstream")
     assert h["cache-control"] == ["no-store"]
+
+
+async def test_memory_replay_store_survives_config_reload(
+    pki: Any, upstream: Any, as_key: AsKey, send: Send, k1: Signer, tmp_path: Any
+) -> None:
+    """A proof used just before a config reload is still refused just after it (memory backend)."""
+    from gateway.config import load_config
+    from gateway.server import GatewayServer
+    from tests.conftest import gateway_yaml
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(gateway_yaml(pki, config_body(as_key, upstream.url)))
+    server = GatewayServer(load_config(path), config_path=str(path))
+    await server.start()
+    try:
+        token = as_key.token(jkt=k1.jkt)
+        headers = dpop_headers(token, proof_for(k1, token))
+        assert (await send(server.port, headers=headers))[0] == 200
+        path.write_text(path.read_text().replace("scopes: [accounts]", "scopes: [accounts], realm: r2"))
+        assert await server.reload()
+        status, h, _ = await send(server.port, headers=headers)
+        assert status == 401 and "already been used" in h["www-authenticate"][0]
+        assert len(upstream.requests) == 1
+    finally:
+        await server.stop()
