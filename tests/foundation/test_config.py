@@ -100,11 +100,12 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert "routes[0].upstream" in r.stderr
 
 
-def test_shipped_configs_validate() -> None:
+def test_dev_config_validates() -> None:
+    """The demo's config (examples need their environment: tests/interop checks those)."""
     root = Path(__file__).resolve().parents[2]
-    for path in [root / "config" / "dev.yaml", *sorted((root / "config" / "examples").glob("*.yaml"))]:
-        r = _cli("check-config", str(path))
-        assert r.returncode == 0, f"{path}: {r.stderr}"
+    r = subprocess.run([sys.executable, "-m", "gateway", "check-config", "config/dev.yaml"], cwd=root,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_dev_certs_cli(tmp_path: Path) -> None:
