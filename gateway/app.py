@@ -132,7 +132,7 @@ class GatewayState:
             cfg, on_untrusted_header=lambda _header: metrics.front_proxy_cert_dropped()
         )
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
-        dpop_algs = tuple(getattr(cfg.dpop, "algorithms", ("ES256", "PS256", "EdDSA")))
+        dpop_algs = tuple(cfg.dpop.algorithms)
         self.upstreams: dict[str, UpstreamClient] = {}
         self.routes: dict[str, RouteRuntime] = {}
         for route in self.router.routes:

@@ -14,8 +14,9 @@ loop (uvloop when installed). Its life cycle:
   get ``lifecycle.shutdown_grace_s`` to finish; then the process exits 0.
 * **workers** (``--workers N`` or ``lifecycle.workers``): a supervisor starts N worker processes
   that each bind the same ports with SO_REUSEPORT (the kernel spreads connections) and run their
-  own event loop. It forwards SIGHUP/SIGTERM to them and restarts a worker that dies. Each worker
-  answers ``/metrics`` for itself: one worker per pod (and more pods) keeps metrics exact.
+  own event loop (``gateway.supervisor``). It forwards SIGHUP/SIGTERM to them and restarts a worker
+  that dies. Any worker's ``/metrics`` reports all of them (``observability/multiprocess.py``,
+  siblings' numbers at most a second old); ``/readyz`` answers for the worker that gets the probe.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .observability.accesslog import AccessLog
 from .observability.health import RedisProbe, stage_ready
 from .observability.logsetup import configure_logging
 from .observability.metrics import Metrics
+from .observability.multiprocess import ENV_DIR, SharedMetrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
 from .tls.clientcerts import ClientCertificates
@@ -106,6 +108,7 @@ class GatewayServer:
         self._runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._redis: RedisProbe | None = None
+        self._shared: SharedMetrics | None = None
         self.client_certs: ClientCertificates | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[GatewayState] = set()
@@ -145,6 +148,12 @@ class GatewayServer:
 
         self._install_readiness_checks()
         render = self.metrics.render
+        shared_dir = os.environ.get(ENV_DIR)
+        if shared_dir and self.reuse_port:
+            # A worker among siblings: answer scrapes for all of them (observability/multiprocess.py).
+            self._shared = SharedMetrics(shared_dir, self.metrics.render)
+            await self._shared.start()
+            render = self._shared.render
         if not cfg.observability.metrics.enabled:
             def render() -> bytes:
                 return b"# metrics disabled (observability.metrics.enabled: false)\n"
@@ -307,6 +316,8 @@ class GatewayServer:
                 await old.close()
         if self._redis is not None:
             await self._redis.close()
+        if self._shared is not None:
+            await self._shared.close()
         if self.client_certs is not None:
             await self.client_certs.close()
             self.client_certs = None

@@ -13,13 +13,16 @@ import logging
 import multiprocessing
 import multiprocessing.process
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 from .config import load_config
 from .errors import ConfigError
 from .observability.logsetup import configure_logging
+from .observability.multiprocess import ENV_DIR
 from .server import GatewayServer, run_loop
 
 __all__ = ("supervise",)
@@ -40,6 +43,16 @@ def _worker_main(config_path: str, log_level: str) -> None:
 
 def supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: float) -> int:
     """Start ``workers`` processes, forward SIGHUP/SIGTERM, restart crashed ones; 0 on clean stop."""
+    # Where the workers leave metrics snapshots for each other (spawned children inherit the env).
+    shared = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ[ENV_DIR] = shared
+    try:
+        return _supervise(config_path, workers, log_level, stop_timeout_s)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: float) -> int:
     ctx = multiprocessing.get_context("spawn")
     signals: list[int] = []
 

@@ -62,6 +62,7 @@ ALG_KEY_TYPES: dict[str, tuple[str, str | None]] = {
     "PS512": ("RSA", None),
     "RS256": ("RSA", None),
     "EdDSA": ("OKP", "Ed25519"),
+    "Ed25519": ("OKP", "Ed25519"),  # RFC 9864
 }
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")

@@ -23,7 +23,8 @@ from .base import Model
 
 __all__ = ("DpopAlgorithm", "DpopConfig", "NonceConfig", "RedisReplayConfig", "ReplayConfig", "check_workers")
 
-DpopAlgorithm = Literal["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA"]
+# "Ed25519" is RFC 9864's fully specified name for EdDSA over Ed25519 (oauth4webapi signs with it).
+DpopAlgorithm = Literal["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA", "Ed25519"]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 
 
@@ -76,7 +77,7 @@ class ReplayConfig(Model):
 
 
 class DpopConfig(Model):
-    algorithms: Annotated[tuple[DpopAlgorithm, ...], Field(min_length=1)] = ("ES256", "PS256", "EdDSA")
+    algorithms: Annotated[tuple[DpopAlgorithm, ...], Field(min_length=1)] = ("ES256", "PS256", "EdDSA", "Ed25519")
     # RFC 9449 §11.1 acceptance window. The defaults accept iat from now-60 s to now+15 s, which
     # covers the FAPI 2.0 suite's now-10 s and now+8 s proofs.
     iat_past_s: Annotated[int, Field(ge=1, le=600)] = 60

@@ -28,7 +28,10 @@ from pydantic import AfterValidator, Field, SecretStr, model_validator
 from .base import FilePath, Model
 
 # Asymmetric algorithms only: ``none`` and HS* are never accepted (RFC 8725 §3.1, RFC 9068 §4).
-SigningAlg = Literal["PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512"]
+# "Ed25519": RFC 9864's fully specified name for EdDSA over Ed25519 (node-oidc-provider can sign with it).
+SigningAlg = Literal[
+    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519", "RS256", "RS384", "RS512"
+]
 IssuerMode = Literal["jwt", "introspection", "jwt_with_introspection_fallback"]
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"]
 
@@ -36,7 +39,7 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 CacheSize = Annotated[int, Field(ge=1, le=10_000_000)]
 
 # FAPI 2.0 §5.4.1 algorithms; RS256 only when an operator lists it.
-DEFAULT_ALGORITHMS: tuple[SigningAlg, ...] = ("PS256", "ES256", "EdDSA")
+DEFAULT_ALGORITHMS: tuple[SigningAlg, ...] = ("PS256", "ES256", "EdDSA", "Ed25519")
 # RFC 9068 §2.2 marks these REQUIRED; iss, exp and aud are always checked on top of them.
 DEFAULT_REQUIRED_CLAIMS: tuple[str, ...] = ("sub", "client_id", "iat", "jti")
 

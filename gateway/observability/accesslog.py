@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _esc
 from operator import attrgetter
 from typing import IO, Any, Final
 from urllib.parse import parse_qsl, quote
@@ -56,6 +57,7 @@ _SECRET_PARAMS: Final = frozenset(
 # One encoder for the process: ``json.dumps`` with non-default arguments builds a new one per call.
 _ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
 _DRAIN_INTERVAL_S: Final = 0.02
+_PIPE_BUF: Final = 4096  # POSIX: pipe writes up to this size are atomic (lines are ASCII: json escapes)
 
 
 @dataclass(slots=True)
@@ -131,6 +133,37 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
 }
 
 
+def _str(v: str | None) -> str:
+    return "null" if v is None else _esc(v)
+
+
+def _num(v: float | None) -> str:
+    return "null" if v is None else repr(v)
+
+
+def _default_line(r: AccessRecord, include_query: bool) -> str:
+    """The default field set, formatted directly: about twice as fast as dict + JSONEncoder.
+
+    Must produce the same JSON as the generic path (a test compares the two).
+    """
+    return (
+        '{"time":' + _str(_iso_now())
+        + ',"route":' + _str(r.route)
+        + ',"method":' + _str(r.method)
+        + ',"path":' + _str(_path(r, include_query))
+        + ',"status":' + repr(r.status)
+        + ',"latency_ms":' + _num(_ms(r.latency_s))
+        + ',"reason":' + _str(r.reason)
+        + ',"client_id":' + _str(r.client_id)
+        + ',"binding":' + _str(r.binding)
+        + ',"thumbprint":' + _str(r.thumbprint)
+        + ',"interaction_id":' + _str(r.interaction_id)
+        + ',"upstream_status":' + _num(r.upstream_status)
+        + ',"upstream_latency_ms":' + _num(_ms(r.upstream_latency_s))
+        + "}\n"
+    )
+
+
 class _Writer(threading.Thread):
     """Drains the deque into a stream in batches: one write and one flush per batch."""
 
@@ -146,12 +179,16 @@ class _Writer(threading.Thread):
         failed = False
         while True:
             stop = stopping.wait(_DRAIN_INTERVAL_S)
-            batch = []
             while lines:
-                batch.append(lines.popleft())
-            if batch:
+                # Chunks of whole lines, each at most PIPE_BUF bytes in one write + flush: with
+                # several workers on one stdout pipe, no line is ever split by another's output.
+                chunk = [lines.popleft()]
+                size = len(chunk[0])
+                while lines and size + len(lines[0]) <= _PIPE_BUF:
+                    size += len(lines[0])
+                    chunk.append(lines.popleft())
                 try:
-                    stream.write("".join(batch))
+                    stream.write("".join(chunk))
                     stream.flush()
                 except (OSError, ValueError) as exc:
                     # A broken pipe or closed file must not kill the gateway; say so once and go on.
@@ -182,6 +219,8 @@ class AccessLog:
         self._getters: tuple[tuple[str, Callable[[AccessRecord], Any]], ...] = tuple(
             (f, getters[f]) for f in fields
         )
+        self._fast = fields == DEFAULT_ACCESS_LOG_FIELDS
+        self._include_query = cfg.include_query
         self._max = cfg.queue_size
         self._lines: deque[str] = deque()
         owns = False
@@ -201,7 +240,10 @@ class AccessLog:
         if len(self._lines) >= self._max:
             self.dropped += 1
             return
-        self._lines.append(_ENCODE({name: get(rec) for name, get in self._getters}) + "\n")
+        if self._fast:
+            self._lines.append(_default_line(rec, self._include_query))
+        else:
+            self._lines.append(_ENCODE({name: get(rec) for name, get in self._getters}) + "\n")
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush queued lines and stop the writer (idempotent)."""

@@ -40,6 +40,8 @@ ALGORITHMS: dict[str, Algorithm] = {
     name: _ALL[name]
     for name in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 }
+ALGORITHMS["Ed25519"] = _ALL["EdDSA"]  # RFC 9864: the same signature, with its curve in its name
+_EDDSA_NAMES = frozenset(("EdDSA", "Ed25519"))
 _EC_CURVE = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 # Header parameters we understand when listed in ``crit`` (none: RFC 9068 defines no extension).
 _UNDERSTOOD_CRIT: frozenset[str] = frozenset()
@@ -121,7 +123,7 @@ def parse_compact(token: str) -> CompactJws:
 def key_fits(alg: str, key: Any, jwk_alg: str | None) -> bool:
     """RFC 8725 §3.1: the key type (and curve) must be the one ``alg`` needs, and the JWK's own
     ``alg``, when published, must be exactly ``alg`` (so an RSA key for PS256 never checks RS256)."""
-    if jwk_alg is not None and jwk_alg != alg:
+    if jwk_alg is not None and jwk_alg != alg and not (jwk_alg in _EDDSA_NAMES and alg in _EDDSA_NAMES):
         return False
     if alg.startswith(("RS", "PS")):
         return isinstance(key, rsa.RSAPublicKey)
@@ -129,6 +131,8 @@ def key_fits(alg: str, key: Any, jwk_alg: str | None) -> bool:
         return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _EC_CURVE[alg]
     if alg == "EdDSA":
         return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+    if alg == "Ed25519":
+        return isinstance(key, ed25519.Ed25519PublicKey)
     return False
 
 

@@ -59,15 +59,8 @@ async def test_dpop_proof_algorithms_python_client(gw: Gw, alg: str) -> None:
 
 
 # oauth4webapi signs with Ed25519 keys as ``alg: "Ed25519"`` (RFC 9864 fully-specified name; it
-# never writes "EdDSA"), and oidc-provider accepts both by default. The gateway's DPoP algorithm
-# list knows only "EdDSA" so far: strict xfail, so the fix turns this into a reminder to drop it.
-ED25519_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason='gateway refuses DPoP alg "Ed25519" (RFC 9864 name for EdDSA over Ed25519) used by oauth4webapi',
-)
-
-
-@pytest.mark.parametrize("alg", ["PS256", pytest.param("Ed25519", marks=ED25519_PENDING)])
+# never writes "EdDSA"); the gateway accepts both names.
+@pytest.mark.parametrize("alg", ["PS256", "Ed25519"])
 async def test_dpop_proof_algorithms_node_client(gw: Gw, alg: str) -> None:
     """DPOP-06, DPOP-09: the same with WebCrypto keys and oauth4webapi's proofs (ES256 is above)."""
     out = await blocking(run_node_client, gw.auth, RS_JWT, url=gw.url(f"/accounts/{alg}"), alg=alg)
@@ -146,13 +139,7 @@ async def test_dpop_nonce_missing_refused(gw: Gw) -> None:
     [
         (RS_JWT_ES256, "ES256"),
         (RS_JWT_EDDSA, "EdDSA"),
-        pytest.param(
-            RS_JWT_ED25519,
-            "Ed25519",
-            marks=pytest.mark.xfail(
-                strict=True, reason='issuers[].algorithms has no "Ed25519" (RFC 9864), which oidc-provider can sign'
-            ),
-        ),
+        (RS_JWT_ED25519, "Ed25519"),
     ],
 )
 async def test_jwt_access_token_algorithms(gw_factory: GwFactory, resource: str, alg: str) -> None:

@@ -161,7 +161,7 @@ async def test_no_credentials_bare_challenge(gw: Any, pki: Pki, upstream: Upstre
     """HDR-06."""
     status, headers = await call(gw, pki, "GET", "/accounts")
     assert status == 401 and not upstream.requests
-    assert headers["WWW-Authenticate"] == 'Bearer realm="bank", DPoP realm="bank", algs="ES256 PS256 EdDSA"'
+    assert headers["WWW-Authenticate"] == 'Bearer realm="bank", DPoP realm="bank", algs="ES256 PS256 EdDSA Ed25519"'
 
 
 async def test_query_token_and_two_headers(gw: Any, auth_server: AuthServer, pki: Pki, upstream: Upstream) -> None:

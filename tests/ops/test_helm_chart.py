@@ -1,0 +1,215 @@
+"""The Helm chart, rendered by Helm's own engine (helm-python-sdk binds Helm v4's Go SDK) in
+standalone and sidecar mode, and every manifest validated against the Kubernetes schemas."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="dev extra helm-python-sdk (real Helm engine) missing")
+kv = pytest.importorskip("kubernetes_validate")
+
+from gateway.config import parse_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "fapi-gateway"
+SIDECAR_EXAMPLE = REPO / "helm" / "examples" / "sidecar-app"
+# Oldest and newest Kubernetes minor versions we claim to support.
+K8S_VERSIONS = ("1.29.0", "1.37.0")
+
+Manifest = dict[str, Any]
+
+
+def render(chart: Path, values: dict[str, Any] | None = None) -> list[Manifest]:
+    with helm.Chart.load(str(chart)) as c:
+        out = c.render(values or {}, name="gw", namespace="bank", is_install=True)
+    docs: list[Manifest] = []
+    for name, text in sorted(out.items()):
+        if name.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def by_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[Manifest], kind: str) -> Manifest:
+    (doc,) = by_kind(docs, kind)
+    return doc
+
+
+def validate_all(docs: list[Manifest]) -> None:
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: checked structurally in its own test
+        for version in K8S_VERSIONS:
+            kv.validate(doc, version, strict=True)
+
+
+def gateway_container(pod_spec: Manifest) -> Manifest:
+    (c,) = [c for c in pod_spec["containers"] if c["name"] == "fapi-gateway"]
+    return c
+
+
+def gateway_yaml(docs: list[Manifest]) -> dict[str, Any]:
+    return yaml.safe_load(one(docs, "ConfigMap")["data"]["gateway.yaml"])
+
+
+@pytest.fixture(scope="module")
+def sidecar_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example parent chart with this chart vendored as its dependency (helm dependency build)."""
+    root = tmp_path_factory.mktemp("sidecar") / "sidecar-app"
+    shutil.copytree(SIDECAR_EXAMPLE, root)
+    shutil.copytree(CHART, root / "charts" / "fapi-gateway")
+    return root
+
+
+def test_chart_lints() -> None:
+    result = helm.lint(str(CHART), strict=True)
+    # Helm's severities: 1 info, 2 warning, 3 error.
+    serious = [m for m in result["messages"] if m["severity"] >= 2]
+    assert not serious and not result["errors"], result
+
+
+def test_standalone_defaults_render_and_validate() -> None:
+    docs = render(CHART)
+    assert sorted(d["kind"] for d in docs) == [
+        "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount",
+    ]
+    validate_all(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = gateway_container(pod)
+    # Restricted pod security: non-root, read-only root fs, no capabilities, RuntimeDefault seccomp.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True
+    assert {v["name"] for v in pod["volumes"]} >= {"gateway-config", "gateway-tls", "gateway-client-ca", "gateway-tmp"}
+    # Probes on the admin port.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443, "admin": 9090}
+    # Room to drain: termination grace > shutdown delay + grace.
+    assert pod["terminationGracePeriodSeconds"] > 5 + 20
+    cfg = gateway_yaml(docs)
+    assert cfg["listen"]["tls"]["cert"] == "/etc/gateway/tls/tls.crt"
+    assert cfg["admin"] == {"host": "0.0.0.0", "port": 9090}
+    assert cfg["lifecycle"] == {"workers": 1, "shutdown_delay_s": 5, "shutdown_grace_s": 20}
+
+
+def test_checksum_annotation_follows_the_config() -> None:
+    def checksum(values: dict[str, Any]) -> str | None:
+        meta = one(render(CHART, values), "Deployment")["spec"]["template"]["metadata"]
+        return (meta.get("annotations") or {}).get("checksum/config")
+
+    a = checksum({})
+    b = checksum({"config": {"observability": {"log_level": "debug"}}})
+    assert a and b and a != b
+    assert checksum({}) == a
+    # hotReload: pods are not rolled; the gateway reloads the updated file itself.
+    assert checksum({"configReload": "hotReload"}) is None
+
+
+def test_standalone_with_every_toggle() -> None:
+    docs = render(CHART, {
+        "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "networkPolicy": {"enabled": True, "ingressFrom": [{"podSelector": {"matchLabels": {"role": "edge"}}}]},
+        "redis": {"existingSecret": "gw-redis", "key": "url"},
+        "workers": 2,
+    })
+    validate_all(docs)
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 3
+    dep = one(docs, "Deployment")
+    assert "replicas" not in dep["spec"]  # the HPA owns the replica count
+    c = gateway_container(dep["spec"]["template"]["spec"])
+    (redis_env,) = [e for e in c["env"] if e["name"] == "GATEWAY_REDIS_URL"]
+    assert redis_env["valueFrom"]["secretKeyRef"] == {"name": "gw-redis", "key": "url"}
+    cfg = gateway_yaml(docs)
+    # The URL (with its password) stays in the Secret; the ConfigMap only names the variable.
+    assert cfg["dpop"]["replay"] == {"backend": "redis", "redis": {"url": "${GATEWAY_REDIS_URL}"}}
+    assert cfg["lifecycle"]["workers"] == 2
+    sm = one(docs, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "admin" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    svc = one(docs, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    np = one(docs, "NetworkPolicy")
+    assert [r["ports"][0]["port"] for r in np["spec"]["ingress"]] == ["https", "admin"]
+    assert np["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {"role": "edge"}}}]
+
+
+def test_sidecar_mode_adds_the_gateway_to_the_application_pod(sidecar_chart: Path) -> None:
+    docs = render(sidecar_chart)
+    validate_all(docs)
+    (dep,) = by_kind(docs, "Deployment")  # the application's; the gateway chart adds none
+    assert dep["metadata"]["name"] == "payments-api"
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["payments-api", "fapi-gateway"]
+    app = pod["containers"][0]
+    assert "ports" not in app
+    assert "checksum/config" in dep["spec"]["template"]["metadata"]["annotations"]
+    cfg = gateway_yaml(docs)
+    assert cfg["upstreams"] == {"app": {"url": "http://127.0.0.1:8080"}}
+    assert cfg["routes"][0]["upstream"] == "app"
+    svc = one(docs, "Service")
+    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "payments-api"}
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"https", "admin"}
+    assert 8080 not in {p["port"] for p in svc["spec"]["ports"]}
+    np = one(docs, "NetworkPolicy")
+    assert np["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "payments-api"}
+    assert all(port["port"] in ("https", "admin") for r in np["spec"]["ingress"] for port in r["ports"])
+
+
+def test_sidecar_mode_standalone_render_validates() -> None:
+    """The chart alone in sidecar mode: ConfigMap, Service and NetworkPolicy for the app's pods."""
+    docs = render(CHART, {
+        "mode": "sidecar",
+        "sidecar": {"appPort": 9000, "podSelector": {"app": "ledger"}},
+        "networkPolicy": {"enabled": True},
+    })
+    validate_all(docs)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "NetworkPolicy", "Service"]
+    assert gateway_yaml(docs)["upstreams"]["app"] == {"url": "http://127.0.0.1:9000"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mode": "sidecar"}, "sidecar.podSelector"),
+        ({"mode": "daemon"}, "mode"),
+        ({"configReload": "sometimes"}, "configReload"),
+        ({"workers": 0}, "workers"),
+    ],
+)
+def test_bad_values_are_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError) as err:
+        render(CHART, values)
+    assert message in str(err.value)
+
+
+def test_rendered_config_is_accepted_by_the_gateway(tmp_path: Path, sidecar_chart: Path) -> None:
+    """The ConfigMap holds a config ``gateway check-config`` accepts, in both modes."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("gateway.bank.example")
+    files = {
+        "/etc/gateway/tls/tls.crt": cert.cert_chain_pems[0].bytes(),
+        "/etc/gateway/tls/tls.key": cert.private_key_pem.bytes(),
+        "/etc/gateway/client-ca/ca.crt": ca.cert_pem.bytes(),
+    }
+    for docs in (render(CHART), render(sidecar_chart)):
+        text = one(docs, "ConfigMap")["data"]["gateway.yaml"]
+        for mount, data in files.items():
+            local = tmp_path / Path(mount).name
+            local.write_bytes(data)
+            text = text.replace(mount, str(local))
+        cfg = parse_config(text)
+        assert cfg.admin.host == "0.0.0.0" and cfg.listen.port == 8443

@@ -1,0 +1,139 @@
+"""The container image, tested without a Docker engine: the Dockerfile's shape, its HEALTHCHECK
+command run for real, and the ENTRYPOINT run from a fresh, non-editable install of the project."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    logical = ""
+    for raw in DOCKERFILE.splitlines():
+        line = raw.strip()
+        if not logical and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        word, _, rest = logical.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        logical = ""
+    return out
+
+
+def _exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return value
+
+
+def test_dockerfile_shape() -> None:
+    ins = _instructions()
+    froms = [a for i, a in ins if i == "FROM"]
+    assert len(froms) >= 2 and froms[-1].endswith("AS runtime") and "slim" in DOCKERFILE
+    final = ins[max(n for n, (i, _) in enumerate(ins) if i == "FROM"):]
+    final_runs = " ".join(a for i, a in final if i == "RUN")
+    # No compilers and no package installs in the final stage; pip is removed from the venv.
+    for banned in ("apt-get install", "gcc", "build-essential"):
+        assert banned not in final_runs
+    assert "pip uninstall --yes pip" in final_runs
+    (user,) = [a for i, a in final if i == "USER"]
+    assert user.split(":")[0] not in ("0", "root") and int(user.split(":")[0]) >= 10000
+    assert _exec_form(next(a for i, a in final if i == "ENTRYPOINT")) == ["gateway"]
+    assert _exec_form(next(a for i, a in final if i == "CMD"))[0] == "run"
+    volumes = _exec_form(next(a for i, a in final if i == "VOLUME"))
+    assert "/tmp" in volumes and "/etc/gateway/config" in volumes and "/etc/gateway/tls" in volumes
+    env = " ".join(a for i, a in final if i == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # nothing is written to the read-only root fs
+    ignore = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+              if ln.strip() and not ln.startswith("#")]
+    assert ignore[0] == "**" and "!gateway/" in ignore
+
+
+def _healthcheck_argv() -> list[str]:
+    (args,) = [a for i, a in _instructions() if i == "HEALTHCHECK"]
+    cmd = args[args.index("CMD") + 3:].strip()
+    argv = _exec_form(cmd)
+    assert argv[0] == "python"  # no curl in a slim image
+    return [sys.executable, *argv[1:]]
+
+
+def test_healthcheck_command_probes_the_admin_port() -> None:
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        ok = subprocess.run(_healthcheck_argv(), env={**os.environ, "GATEWAY_ADMIN_PORT": str(port)},
+                            capture_output=True, timeout=20)
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    down = subprocess.run(_healthcheck_argv(), env={**os.environ, "GATEWAY_ADMIN_PORT": str(port)},
+                          capture_output=True, timeout=20)
+    assert down.returncode != 0
+
+
+@pytest.mark.slow
+def test_entrypoint_runs_from_a_fresh_install(tmp_path: Path) -> None:
+    """What the image's build and ENTRYPOINT do: a non-editable install into a new virtualenv,
+    then ``gateway --help`` and ``gateway check-config`` from that install, not from the repo."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, symlinks=True).create(env_dir)
+    py, gw = env_dir / "bin" / "python", env_dir / "bin" / "gateway"
+    pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # Copy the sources first so the build never writes into the shared work tree (build/, *.egg-info).
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).write_bytes((REPO / name).read_bytes())
+    subprocess.run(["cp", "-r", str(REPO / "gateway"), str(src / "gateway")], check=True)
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", f"{src}[uvloop,redis]"],
+        env=pip_env, capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+
+    where = subprocess.run([str(py), "-c", "import gateway; print(gateway.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(env_dir)), where.stdout
+
+    help_ = subprocess.run([str(gw), "--help"], capture_output=True, text=True, timeout=60)
+    assert help_.returncode == 0 and "check-config" in help_.stdout
+
+    check = subprocess.run([str(gw), "check-config", "config/dev.yaml"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert "OK" in check.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: []\nlisten: {port: 99999}\n")
+    refused = subprocess.run([str(gw), "check-config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 78 and "listen.port" in refused.stderr
+    # The image's default command line parses (run --config FILE) with the installed CLI.
+    (cmd,) = [a for i, a in _instructions() if i == "CMD"]
+    assert shlex.join(_exec_form(cmd)).startswith("run --config /etc/gateway/config/")
