@@ -21,6 +21,9 @@ from .headers import HeaderPolicy
 __all__ = ("Forwarder", "UpstreamClient")
 
 _CHUNK = 64 * 1024
+# Bodies up to this size (with a known length) are relayed in one piece: one read, one write, no
+# chunked framing. Typical API requests and responses; larger or unknown-length bodies stream.
+_BUFFER_LIMIT = 64 * 1024
 
 
 def _client_ssl(up: UpstreamConfig) -> ssl.SSLContext | bool:
@@ -98,9 +101,12 @@ class Forwarder:
         length = request.content_length
         if length is not None and length > max_body_bytes:
             raise PayloadTooLargeError("request body too large", reason="body_too_large")
-        body: AsyncIterator[bytes] | None = None
+        body: AsyncIterator[bytes] | bytes | None = None
         if request.body_exists:
-            body = _limited(request, max_body_bytes)
+            if length is not None and length <= _BUFFER_LIMIT:
+                body = await request.read()
+            else:
+                body = _limited(request, max_body_bytes)
         url = URL(upstream.base + request.raw_path, encoded=True)
         try:
             async with upstream.session.request(
@@ -115,6 +121,12 @@ class Forwarder:
                 headers_out = header_policy.client_response_headers(up.headers)
                 for name, value in extra_response_headers:
                     headers_out[name] = value
+                size = up.content_length
+                if size is not None and size <= _BUFFER_LIMIT and request.method != "HEAD":
+                    payload = await up.read()
+                    del headers_out["Content-Length"]  # set again from the body
+                    return web.Response(status=up.status, reason=up.reason, headers=headers_out,
+                                        body=payload), up.status
                 return await self._relay(request, up, headers_out), up.status
         except PayloadTooLargeError:
             raise
