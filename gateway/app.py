@@ -32,7 +32,7 @@ from .errors import (
     OAuthError,
     Scheme,
 )
-from .model import AuthRequest, Decision, PeerCertificate
+from .model import AuthRequest, Decision
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, OBSERVER, Observer
 from .pipeline import AuthPipeline
@@ -204,17 +204,6 @@ def build_state(
 
 
 # --- the request handler ---------------------------------------------------------------------
-
-def _peer_cert(request: web.BaseRequest) -> PeerCertificate | None:
-    transport = request.transport
-    if transport is None:
-        return None
-    sslobj = transport.get_extra_info("ssl_object")
-    if sslobj is None:
-        return None
-    der = sslobj.getpeercert(binary_form=True)
-    return PeerCertificate(der) if der else None
-
 
 def error_response(
     exc: GatewayError, challenge: ChallengeSettings, fapi_id: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -28,3 +29,15 @@ def _readable_file(value: str) -> str:
 
 # A path that must name a readable file at load time (cert, key, CA bundle...).
 FilePath = Annotated[str, AfterValidator(_readable_file)]
+
+
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("not an IP address or CIDR range") from None
+    return value
+
+
+# An IP address or network (trusted proxies, front-proxy source ranges).
+Cidr = Annotated[str, AfterValidator(_cidr)]

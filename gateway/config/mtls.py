@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 
-from .base import FilePath, Model
+from .base import Cidr, FilePath, Model
 
 __all__ = (
     "DEFAULT_STRIP_HEADERS",
@@ -123,14 +122,6 @@ def _header_name(value: str) -> str:
     return value
 
 
-def _cidr(value: str) -> str:
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError("not an IP address or CIDR range") from None
-    return value
-
-
 def _directory(value: str) -> str:
     if not Path(value).is_dir():
         raise ValueError(f"directory not found: {value}")
@@ -148,7 +139,6 @@ def _jwks_url(value: str) -> str:
 
 
 HeaderName = Annotated[str, AfterValidator(_header_name)]
-Cidr = Annotated[str, AfterValidator(_cidr)]
 
 
 class TrustedProxyIdentity(Model):

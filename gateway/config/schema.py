@@ -7,14 +7,13 @@ Each section lives in its own module so each pipeline stage owns its settings.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from .auth import AuthPolicy
-from .base import FilePath, Model
+from .base import Cidr, FilePath, Model
 from .dpop import DpopConfig, check_workers
 from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
@@ -40,17 +39,8 @@ def _origin(value: str) -> str:
     return url
 
 
-def _cidr(value: str) -> str:
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError("not an IP address or CIDR range") from None
-    return value
-
-
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Origin = Annotated[str, AfterValidator(_origin)]
-Cidr = Annotated[str, AfterValidator(_cidr)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
