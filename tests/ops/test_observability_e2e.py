@@ -283,21 +283,20 @@ def test_introspection_calls_and_cache_are_counted(
     try:
         tokens = Tokens(tmp_path)
         cfg = config(tmp_path, threaded_upstream.url, tokens)
-        text = cfg.read_text().replace(
-            f"            jwks_file: {tokens.jwks}\n",
-            f"""            mode: introspection
+        text = cfg.read_text()
+        jwks_line = f"    jwks_file: {tokens.jwks}\n"
+        assert jwks_line in text
+        cfg.write_text(text.replace(jwks_line, textwrap.indent(textwrap.dedent(f"""\
+            mode: introspection
             allow_insecure_http: true
             introspection:
               endpoint: {as_server.url}/introspect
               client_auth: {{method: client_secret_basic, client_id: rs, client_secret: s3cret-value}}
-""",
-        )
-        cfg.write_text(text)
+            """), "    ")))
         gw = gateway_process(cfg).started()
         opaque = "opaque-" + uuid.uuid4().hex
         for _ in range(2):
             assert call(gw.base + "/accounts/1", {"Authorization": f"Bearer {opaque}"}) == 401
-        print(gw.admin("/metrics")[1]); print(as_server.requests); print(gw.all_output()[-3000:])
         assert gw.metric("gateway_introspection_requests_total", issuer="test-as", outcome="inactive") == 1
         assert gw.metric("gateway_introspection_cache_total", issuer="test-as", result="miss") == 1
         assert gw.metric("gateway_introspection_cache_total", issuer="test-as", result="hit") == 1

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# fapi-gateway: multi-stage build. The final image has no compilers, no pip, runs as UID 10001
+# and works with a read-only root filesystem (only /tmp is written, mounted as a volume).
+#
+#   docker build -t fapi-gateway .
+#   docker run --read-only --tmpfs /tmp -p 8443:8443 -p 9090:9090 \
+#     -v "$PWD/config/examples:/etc/gateway/config:ro" -v "$PWD/certs:/etc/gateway/tls:ro" \
+#     fapi-gateway run --config /etc/gateway/config/gateway.yaml
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- build: resolve and build every wheel (the project and its dependencies) ------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+# All dependencies ship manylinux wheels for CPython 3.11, so no compiler is installed even here.
+RUN pip wheel --wheel-dir /wheels ".[uvloop,redis]"
+
+# --- runtime ---------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="fapi-gateway" \
+      org.opencontainers.image.description="Resource-server gateway for sender-constrained OAuth 2.0 tokens (mTLS, DPoP)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 gateway \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin gateway
+COPY --from=build /wheels /tmp/wheels
+# Byte-code is compiled at install time (the root filesystem is read-only at run time), then pip
+# itself is removed from the virtualenv: nothing can be installed into a running container.
+RUN python -m venv /opt/gateway \
+ && /opt/gateway/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels "fapi-gateway[uvloop,redis]" \
+ && /opt/gateway/bin/pip uninstall --yes pip \
+ && rm -rf /tmp/wheels \
+ && mkdir -p /etc/gateway/config /etc/gateway/tls /etc/gateway/client-ca
+
+ENV PATH=/opt/gateway/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GATEWAY_ADMIN_PORT=9090
+
+# Configuration and certificates are mounted; /tmp is the only writable path.
+VOLUME ["/etc/gateway/config", "/etc/gateway/tls", "/etc/gateway/client-ca", "/tmp"]
+WORKDIR /etc/gateway
+USER 10001:10001
+EXPOSE 8443 9090
+
+# No curl in the image: the stdlib does the probe. Exit 0 only on HTTP 200 from /healthz.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import os,sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GATEWAY_ADMIN_PORT', '9090'), timeout=2).status == 200 else 1)"]
+
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["gateway"]
+CMD ["run", "--config", "/etc/gateway/config/gateway.yaml"]

@@ -1,0 +1,186 @@
+{{/* Names and labels ------------------------------------------------------------------- */}}
+{{- define "fapi-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fapi-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "fapi-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fapi-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "fapi-gateway.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "fapi-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* The pods that carry the gateway: ours (standalone) or the application's (sidecar). */}}
+{{- define "fapi-gateway.podSelector" -}}
+{{- if eq .Values.mode "sidecar" }}
+{{- required "sidecar.podSelector: give the labels of the application's pods" (.Values.sidecar.podSelector | default nil) | toYaml }}
+{{- else }}
+{{- include "fapi-gateway.selectorLabels" . }}
+{{- end }}
+{{- end }}
+
+{{- define "fapi-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "fapi-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "fapi-gateway.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The gateway YAML: the user's config with the chart-owned keys filled in. -------------- */}}
+{{- define "fapi-gateway.gatewayConfig" -}}
+{{- if not (has .Values.mode (list "standalone" "sidecar")) }}
+{{- fail (printf "mode must be standalone or sidecar, not %q" .Values.mode) }}
+{{- end }}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- $listen := dict "host" "0.0.0.0" "port" (int .Values.ports.https) }}
+{{- if .Values.tls.enabled }}
+{{- $tls := dict "cert" "/etc/gateway/tls/tls.crt" "key" "/etc/gateway/tls/tls.key" "client_auth" .Values.tls.clientAuth "profile" .Values.tls.profile }}
+{{- if .Values.tls.clientCA.secretName }}
+{{- $_ := set $tls "client_ca" (list (printf "/etc/gateway/client-ca/%s" .Values.tls.clientCA.key)) }}
+{{- end }}
+{{- $_ := set $listen "tls" $tls }}
+{{- end }}
+{{- $_ := set $cfg "listen" (merge $listen ($cfg.listen | default dict)) }}
+{{- /* Probes come from the kubelet on the pod IP: the admin port listens on all interfaces
+       (the NetworkPolicy limits who reaches it). */}}
+{{- $_ := set $cfg "admin" (dict "host" "0.0.0.0" "port" (int .Values.ports.admin)) }}
+{{- if eq .Values.mode "sidecar" }}
+{{- $ups := $cfg.upstreams | default dict }}
+{{- $_ := set $ups "app" (merge (dict "url" (printf "http://127.0.0.1:%d" (int .Values.sidecar.appPort))) ($ups.app | default dict)) }}
+{{- $_ := set $cfg "upstreams" $ups }}
+{{- end }}
+{{- $life := $cfg.lifecycle | default dict }}
+{{- $_ := set $life "workers" (int .Values.workers) }}
+{{- $_ := set $life "shutdown_delay_s" .Values.shutdown.delaySeconds }}
+{{- $_ := set $life "shutdown_grace_s" .Values.shutdown.graceSeconds }}
+{{- $_ := set $cfg "lifecycle" $life }}
+{{- if .Values.redis.existingSecret }}
+{{- $dpop := $cfg.dpop | default dict }}
+{{- $replay := $dpop.replay | default dict }}
+{{- $_ := set $replay "backend" "redis" }}
+{{- $_ := set $replay "redis" (merge (dict "url" "${GATEWAY_REDIS_URL}") ($replay.redis | default dict)) }}
+{{- $_ := set $dpop "replay" $replay }}
+{{- $_ := set $cfg "dpop" $dpop }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* The gateway container: shared by the standalone Deployment and the sidecar snippet. --- */}}
+{{- define "fapi-gateway.container" -}}
+- name: fapi-gateway
+  image: {{ include "fapi-gateway.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: [run, --config, /etc/gateway/config/gateway.yaml]
+  env:
+    - name: PYTHONUNBUFFERED
+      value: "1"
+    {{- if .Values.redis.existingSecret }}
+    - name: GATEWAY_REDIS_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.redis.existingSecret }}
+          key: {{ .Values.redis.key }}
+    {{- end }}
+    {{- with .Values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: https
+      containerPort: {{ .Values.ports.https }}
+      protocol: TCP
+    - name: admin
+      containerPort: {{ .Values.ports.admin }}
+      protocol: TCP
+  startupProbe:
+    httpGet: {path: /healthz, port: admin}
+    {{- toYaml .Values.probes.startup | nindent 4 }}
+  livenessProbe:
+    httpGet: {path: /healthz, port: admin}
+    {{- toYaml .Values.probes.liveness | nindent 4 }}
+  readinessProbe:
+    httpGet: {path: /readyz, port: admin}
+    {{- toYaml .Values.probes.readiness | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  volumeMounts:
+    - name: gateway-config
+      mountPath: /etc/gateway/config
+      readOnly: true
+    {{- if .Values.tls.enabled }}
+    - name: gateway-tls
+      mountPath: /etc/gateway/tls
+      readOnly: true
+    {{- if .Values.tls.clientCA.secretName }}
+    - name: gateway-client-ca
+      mountPath: /etc/gateway/client-ca
+      readOnly: true
+    {{- end }}
+    {{- end }}
+    - name: gateway-tmp
+      mountPath: /tmp
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
+
+{{- define "fapi-gateway.volumes" -}}
+- name: gateway-config
+  configMap:
+    name: {{ include "fapi-gateway.fullname" . }}
+- name: gateway-tmp
+  emptyDir: {medium: Memory, sizeLimit: 16Mi}
+{{- if .Values.tls.enabled }}
+- name: gateway-tls
+  secret:
+    secretName: {{ required "tls.secretName is required when tls.enabled" .Values.tls.secretName }}
+    defaultMode: 0440
+{{- if .Values.tls.clientCA.secretName }}
+- name: gateway-client-ca
+  secret:
+    secretName: {{ .Values.tls.clientCA.secretName }}
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Pod annotations: the config checksum rolls the pods on change (configReload: rollout). */}}
+{{- define "fapi-gateway.podAnnotations" -}}
+{{- $a := deepCopy (.Values.podAnnotations | default dict) }}
+{{- if eq .Values.configReload "rollout" }}
+{{- $_ := set $a "checksum/config" (include "fapi-gateway.gatewayConfig" . | sha256sum) }}
+{{- end }}
+{{- if $a }}{{ toYaml $a }}{{ end }}
+{{- end }}
+
+{{- define "fapi-gateway.terminationGracePeriodSeconds" -}}
+{{- add .Values.shutdown.delaySeconds .Values.shutdown.graceSeconds 5 }}
+{{- end }}
