@@ -39,6 +39,14 @@ _HASHES: dict[str, hashes.HashAlgorithm] = {
     "512": hashes.SHA512(),
 }
 _EC_SIG_BYTES = {"ES256": 64, "ES384": 96, "ES512": 132}
+# Signature parameter objects are immutable: built once, not per proof.
+_ECDSA = {alg: ec.ECDSA(_HASHES[alg[2:]]) for alg in _EC_SIG_BYTES}
+# RFC 7518 §3.5: MGF1 with the same hash, salt as long as the hash.
+_RSA_PADDING: dict[str, padding.AsymmetricPadding] = {
+    **{f"PS{n}": padding.PSS(mgf=padding.MGF1(_HASHES[n]), salt_length=_HASHES[n].digest_size)
+       for n in ("256", "384", "512")},
+    **{f"RS{n}": padding.PKCS1v15() for n in ("256", "384", "512")},
+}
 # Real headers are 200-900 characters (EC to RSA-4096 keys); bigger ones are verified, not cached,
 # so the cache's memory stays bounded by entries x this.
 _MAX_CACHED_HEADER = 2048
@@ -114,18 +122,11 @@ def _verify_signature(header: _Header, signing_input: bytes, signature: bytes) -
             der = encode_dss_signature(
                 int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
             )
-            key.verify(der, signing_input, ec.ECDSA(_HASHES[alg[2:]]))
+            key.verify(der, signing_input, _ECDSA[alg])
         elif isinstance(key, rsa.RSAPublicKey):
             if len(signature) != (key.key_size + 7) // 8:
                 return False
-            digest = _HASHES[alg[2:]]
-            pad: padding.AsymmetricPadding = (
-                # RFC 7518 §3.5: MGF1 with the same hash, salt as long as the hash.
-                padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-                if alg.startswith("PS")
-                else padding.PKCS1v15()
-            )
-            key.verify(signature, signing_input, pad, digest)
+            key.verify(signature, signing_input, _RSA_PADDING[alg], _HASHES[alg[2:]])
         else:
             key.verify(signature, signing_input)
     except InvalidSignature:
