@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 from aiohttp import web
+from yarl import URL
 
 from ..config import AuthPolicy, GatewayConfig
 from ..server import GatewayServer
@@ -15,14 +16,12 @@ from .upstream import build_echo_app
 
 __all__ = ("run_demo",)
 
-ECHO_PORT = 8081
-ISSUER_PORT = 8082
 
 
 _JQ = """python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'"""
 
 
-def _banner(server: GatewayServer) -> str:
+def _banner(server: GatewayServer, echo_port: int, issuer_url: str) -> str:
     port = server.port
     a = "--cacert certs/dev/ca.pem --cert certs/dev/client-a.pem --key certs/dev/client-a-key.pem"
     b = "--cacert certs/dev/ca.pem --cert certs/dev/client-b.pem --key certs/dev/client-b-key.pem"
@@ -30,8 +29,8 @@ def _banner(server: GatewayServer) -> str:
 fapi-gateway demo is running (DEV ONLY certificates from certs/dev/).
   gateway   https://localhost:{port}   (mTLS, client certificate optional)
   admin     http://127.0.0.1:{server.admin_port}/metrics  /healthz  /readyz
-  issuer    https://localhost:{ISSUER_PORT}  (demo AS: mints tokens bound to your cert or DPoP key)
-  upstream  http://127.0.0.1:{ECHO_PORT}  (echo: shows what the gateway forwarded)
+  issuer    {issuer_url}  (demo AS: mints tokens bound to your cert or DPoP key)
+  upstream  http://127.0.0.1:{echo_port}  (echo: shows what the gateway forwarded)
 
 Try (from the repository root):
   # plain proxying, open route
@@ -40,7 +39,7 @@ Try (from the repository root):
   curl -s -i --cacert certs/dev/ca.pem https://localhost:{port}/accounts
   # a certificate-bound token (RFC 8705) for client A, used by client A: 200
   TOKEN=$(curl -s {a} -d grant_type=client_credentials -d scope=accounts \\
-          https://localhost:{ISSUER_PORT}/token | {_JQ})
+          {issuer_url}/token | {_JQ})
   curl -s {a} -H "Authorization: Bearer $TOKEN" https://localhost:{port}/accounts/42
   # the same token presented with client B's certificate: 401 invalid_token
   curl -s -i {b} -H "Authorization: Bearer $TOKEN" https://localhost:{port}/accounts/42
@@ -51,17 +50,20 @@ Stop with Ctrl-C.
 async def _main(cfg: GatewayConfig) -> None:
     echo = web.AppRunner(build_echo_app(), access_log=None)
     await echo.setup()
-    await web.TCPSite(echo, "127.0.0.1", ECHO_PORT).start()
+    # Ports come from the demo config (the echo upstream's URL, the demo issuer's URL).
+    echo_port = URL(cfg.upstreams["echo"].url).port or 80
+    await web.TCPSite(echo, "127.0.0.1", echo_port).start()
     assert cfg.listen.tls is not None, "the demo config terminates TLS"
     audience = next(r.auth.audience[0] for r in cfg.routes if isinstance(r.auth, AuthPolicy))
-    issuer = DemoIssuer("certs/dev/issuer-key.pem", f"https://localhost:{ISSUER_PORT}", audience=audience)
+    issuer_url = cfg.issuers[0].issuer
+    issuer = DemoIssuer("certs/dev/issuer-key.pem", issuer_url, audience=audience)
     issuer_runner = web.AppRunner(build_issuer_app(issuer), access_log=None)
     await issuer_runner.setup()
-    await web.TCPSite(issuer_runner, "127.0.0.1", ISSUER_PORT,
+    await web.TCPSite(issuer_runner, "127.0.0.1", URL(issuer_url).port or 443,
                       ssl_context=build_server_context(cfg.listen.tls)).start()
     server = GatewayServer(cfg)
     await server.start()
-    print(_banner(server), flush=True)
+    print(_banner(server, echo_port, issuer_url), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
