@@ -1,0 +1,3 @@
+module gatewaybench/loadgen
+
+go 1.19
