@@ -227,3 +227,13 @@ async def test_external_origin_makes_host_irrelevant(gateway: GatewayFactory, up
     async with aiohttp.ClientSession() as s:
         r = await s.get(f"https://localhost:{gw.port}/x", ssl=pki.client_context(), headers={"Host": "other.example"})
         assert r.status == 200
+
+
+def test_generated_interaction_ids_are_random_v4_uuids() -> None:
+    from gateway.proxy.headers import new_interaction_id
+
+    ids = {new_interaction_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
