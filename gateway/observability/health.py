@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from ..config.dpop import RedisReplayConfig
+from ..tasks import stop_tasks
 
 __all__ = ("RedisProbe", "stage_ready")
 
@@ -80,11 +81,8 @@ class RedisProbe:
         self._task = asyncio.create_task(self._loop(), name="gateway-redis-probe")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
         if self._client is not None:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):

@@ -25,6 +25,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from ..tasks import stop_tasks
+
 __all__ = ("ENV_DIR", "SharedMetrics", "merge_expositions")
 
 log = logging.getLogger(__name__)
@@ -95,11 +97,8 @@ class SharedMetrics:
         self._task = asyncio.create_task(self._loop(), name="gateway-metrics-snapshot")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
         with contextlib.suppress(OSError):
             self._file.unlink()
 

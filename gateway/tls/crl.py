@@ -12,13 +12,14 @@ the last good revocations (and is logged) rather than silently un-revoking every
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Sequence
 
 from cryptography import x509
+
+from ..tasks import stop_tasks
 
 __all__ = ("CrlStore", "FileStamp", "file_stamp", "load_crls")
 
@@ -124,11 +125,8 @@ class CrlStore:
             self._task = asyncio.create_task(self._poll(), name="crl-reload")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
 
     async def _poll(self) -> None:
         while True:

@@ -21,7 +21,6 @@ is logged and the current one kept; the next poll retries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 from ..config.mtls import ClientCertConfig
 from ..config.schema import ListenerTls
+from ..tasks import stop_tasks
 from .anchors import TrustAnchorSet
 from .crl import FileStamp, file_stamp
 
@@ -160,11 +160,7 @@ class TlsContextManager:
             )
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*self._tasks)
         self._tasks.clear()
         if self._anchors is not None:
             await self._anchors.close()

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..config.issuers import IssuerConfig
 from ..errors import KeySourceUnavailableError
+from ..tasks import stop_tasks
 from .fetch import Discovery, FetchError, IssuerHttp
 from .jose import key_fits, loads_strict
 
@@ -132,11 +132,7 @@ class JwksCache:
             self._background = asyncio.create_task(self._refresh_loop(), name=f"jwks-{self._cfg.name}")
 
     async def close(self) -> None:
-        for task in (self._background, self._inflight):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(self._background, self._inflight)
         self._background = self._inflight = None
 
     async def keys_for(self, kid: str | None, alg: str) -> Sequence[VerificationKey]:
