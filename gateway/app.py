@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -157,7 +157,6 @@ class GatewayState:
         # Without a configured external origin the URL a client signed (DPoP htu) is rebuilt from
         # Host, so Host must name this server: one of its certificate's names (DPOP-14, PRX-10).
         self.server_names = server_names(listen.tls.cert) if listen.tls is not None else None
-        self.default_headers = HeaderPolicy()
 
     def is_trusted(self, remote: str | None) -> bool:
         if not self.trusted or not remote:
@@ -396,6 +395,3 @@ def build_app(
     app.cleanup_ctx.append(lifecycle)
     return app
 
-
-def injected_header_names(names: Iterable[str]) -> frozenset[str]:
-    return frozenset(n.lower() for n in names)
