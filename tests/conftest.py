@@ -171,6 +171,16 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
+# One open route to ``{url}`` (``.format(url=...)``): for tests about TLS and HTTP, not auth.
+OPEN_ROUTE = """
+routes:
+  - id: open
+    match: {{path_prefix: /}}
+    upstream: {url}
+    auth: none
+"""
+
+
 def gateway_yaml(pki: Pki, body: str, *, client_auth: str = "optional", profile: str = "fapi") -> str:
     """A full config: TLS listener on an ephemeral port with the session PKI, plus ``body``."""
     head = f"""

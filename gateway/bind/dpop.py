@@ -11,7 +11,6 @@ signature verification.
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from ..config.dpop import DpopConfig
 from ..errors import InvalidDpopProofError, InvalidTokenError, ReplayStoreUnavailableError, UseDpopNonceError
 from ..model import sha256_b64url
+from ..strictjson import STRICT_JSON
 from .htu import compare_htu
 from .jwk import ALG_KEY_TYPES, BoundedTtlMap, JwkCache, JwkError, PublicJwk, b64url_decode
 from .nonce import NonceIssuer
@@ -72,27 +72,9 @@ def _bad(description: str, reason: str = "dpop_invalid_proof") -> InvalidDpopPro
     return InvalidDpopProofError(description, reason=reason)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # DPOP-23: Python's json keeps the last of two equal names; another parser may keep the first.
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError("duplicate member")
-        out[k] = v
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError("NaN/Infinity are not JSON")
-
-
-# One decoder, built once (json.loads with hooks builds a new one per call).
-_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-
-
 def _decode_json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
-        data = _JSON.decode(b64url_decode(segment).decode("utf-8"))
+        data = STRICT_JSON.decode(b64url_decode(segment).decode("utf-8"))
     except (ValueError, RecursionError):
         # RecursionError: deeply nested JSON (DPOP-24) is refused, never a 500.
         raise _bad(f"DPoP proof {what} is not base64url-encoded JSON", "dpop_malformed") from None

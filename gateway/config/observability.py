@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -44,20 +44,9 @@ AccessLogField = Literal[
     "jti",
 ]
 
-DEFAULT_ACCESS_LOG_FIELDS: Final[tuple[AccessLogField, ...]] = (
-    "time",
-    "route",
-    "method",
-    "path",
-    "status",
-    "latency_ms",
-    "reason",
-    "client_id",
-    "binding",
-    "thumbprint",
-    "interaction_id",
-    "upstream_status",
-    "upstream_latency_ms",
+# Every field except the client address and the token id, which a deployment opts into.
+DEFAULT_ACCESS_LOG_FIELDS: Final[tuple[AccessLogField, ...]] = tuple(
+    f for f in get_args(AccessLogField) if f not in ("remote", "jti")
 )
 
 

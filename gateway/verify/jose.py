@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from ..errors import GatewayError, InvalidTokenError, KeySourceUnavailableError
+from ..strictjson import STRICT_JSON
 
 __all__ = (
     "ALGORITHMS",
@@ -59,29 +59,12 @@ def _b64url_decode(part: str) -> bytes:
     return raw
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate JSON member")
-        out[key] = value
-    return out
-
-
 def loads_strict(data: bytes) -> Any:
     """JSON from UTF-8 bytes, refusing duplicate members and other encodings (RFC 8725 §3.7)."""
     try:
-        return _DECODER.decode(data.decode("utf-8"))
+        return STRICT_JSON.decode(data.decode("utf-8"))
     except RecursionError:  # "[[[[...": deep nesting must be a 401, never a 500
         raise ValueError("JSON nested too deeply") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder, built once: json.loads(...) with hooks would build a new one per call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
 @dataclass(frozen=True, slots=True)

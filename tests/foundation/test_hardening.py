@@ -10,15 +10,8 @@ import ssl
 
 import pytest
 
+from tests.conftest import OPEN_ROUTE as ROUTES
 from tests.conftest import GatewayFactory, Pki, Upstream
-
-ROUTES = """
-routes:
-  - id: open
-    match: {{path_prefix: /}}
-    upstream: {url}
-    auth: none
-"""
 
 
 async def raw_exchange(port: int, ctx: ssl.SSLContext, data: bytes, timeout: float = 5) -> bytes:

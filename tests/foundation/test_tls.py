@@ -12,15 +12,8 @@ import ssl
 import aiohttp
 import pytest
 
+from tests.conftest import OPEN_ROUTE as ROUTES
 from tests.conftest import GatewayFactory, Pki, Upstream, gateway_yaml
-
-ROUTES = """
-routes:
-  - id: open
-    match: {{path_prefix: /}}
-    upstream: {url}
-    auth: none
-"""
 
 FAPI_SUITES = ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384"]
 NON_FAPI_TLS12 = [
