@@ -81,6 +81,9 @@ class Timeouts(Model):
     connect_s: Annotated[float, Field(gt=0)] = 5.0
     read_s: Annotated[float, Field(gt=0)] = 30.0
     total_s: Annotated[float, Field(gt=0)] | None = None
+    # Idle keep-alive connections are closed after this long; below the 5 s many upstream servers
+    # (Node, Express) use, so the gateway rarely reuses a connection the upstream is closing.
+    idle_s: Annotated[float, Field(gt=0)] = 4.0
 
 
 class UpstreamConfig(Model):

@@ -1,4 +1,4 @@
-"""Streaming forwarder: one pooled aiohttp client session per upstream.
+"""Streaming forwarder: one keep-alive connection pool per upstream (``proxy/http1.py``).
 
 Bodies are streamed in both directions (a 1 GB upload never sits in memory); the method, raw path
 and query are sent exactly as received; upstream failures map to 502/504 without internal detail.
@@ -9,14 +9,13 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Iterable
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from ..config import UpstreamConfig
-from ..errors import PayloadTooLargeError, UpstreamTimeoutError, UpstreamUnavailableError
+from ..errors import GatewayError, PayloadTooLargeError
 from .headers import HeaderPolicy
+from .http1 import ConnectionPool, UpstreamResponse
 
 __all__ = ("Forwarder", "UpstreamClient")
 
@@ -26,9 +25,9 @@ _CHUNK = 64 * 1024
 _BUFFER_LIMIT = 64 * 1024
 
 
-def _client_ssl(up: UpstreamConfig) -> ssl.SSLContext | bool:
+def _client_ssl(up: UpstreamConfig) -> ssl.SSLContext | None:
     if not up.url.startswith("https://"):
-        return False
+        return None
     ctx = ssl.create_default_context(cafile=up.ca) if up.ca else ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if up.client_cert and up.client_key:
@@ -42,31 +41,18 @@ class UpstreamClient:
     def __init__(self, up: UpstreamConfig) -> None:
         self.config = up
         self.base = up.url.rstrip("/")
-        self._ssl = _client_ssl(up)
-        self._timeout = aiohttp.ClientTimeout(
-            total=up.timeouts.total_s, sock_connect=up.timeouts.connect_s, sock_read=up.timeouts.read_s
+        self.pool = ConnectionPool(
+            up.url,
+            ssl_context=_client_ssl(up),
+            limit=up.pool_size,
+            connect_s=up.timeouts.connect_s,
+            read_s=up.timeouts.read_s,
+            total_s=up.timeouts.total_s,
+            idle_s=up.timeouts.idle_s,
         )
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.config.pool_size, ssl=self._ssl, enable_cleanup_closed=True
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,  # pass bytes through untouched
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.pool.close()
 
 
 async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
@@ -107,39 +93,24 @@ class Forwarder:
                 body = await request.read()
             else:
                 body = _limited(request, max_body_bytes)
-        url = URL(upstream.base + request.raw_path, encoded=True)
+        up = await upstream.pool.request(request.method, request.raw_path, headers, body, length=length)
         try:
-            async with upstream.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                compress=False,
-                chunked=None if length is not None or body is None else True,
-            ) as up:
-                headers_out = header_policy.client_response_headers(up.headers)
-                for name, value in extra_response_headers:
-                    headers_out[name] = value
-                size = up.content_length
-                if size is not None and size <= _BUFFER_LIMIT and request.method != "HEAD":
-                    payload = await up.read()
-                    del headers_out["Content-Length"]  # set again from the body
-                    return web.Response(status=up.status, reason=up.reason, headers=headers_out,
-                                        body=payload), up.status
-                return await self._relay(request, up, headers_out), up.status
-        except PayloadTooLargeError:
-            raise
-        except TimeoutError:
-            raise UpstreamTimeoutError("upstream timed out") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            if isinstance(getattr(exc, "__cause__", None), PayloadTooLargeError):
-                raise PayloadTooLargeError("request body too large", reason="body_too_large") from None
-            raise UpstreamUnavailableError("upstream unavailable") from None
+            headers_out = header_policy.client_response_headers(up.headers)
+            for name, value in extra_response_headers:
+                headers_out[name] = value
+            size = up.content_length
+            if size is not None and size <= _BUFFER_LIMIT and request.method != "HEAD":
+                payload = await up.read()
+                headers_out.popall("Content-Length", None)  # set again from the body
+                return web.Response(status=up.status, reason=up.reason, headers=headers_out,
+                                    body=payload), up.status
+            return await self._relay(request, up, headers_out), up.status
+        finally:
+            up.release()
 
     @staticmethod
     async def _relay(
-        request: web.BaseRequest, up: aiohttp.ClientResponse, headers: CIMultiDict[str]
+        request: web.BaseRequest, up: UpstreamResponse, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
         if up.content_length is None and request.method != "HEAD" and up.status not in (204, 304):
@@ -147,9 +118,9 @@ class Forwarder:
         await resp.prepare(request)
         if request.method != "HEAD":
             try:
-                async for chunk in up.content.iter_any():
+                async for chunk in up.iter_chunks():
                     await resp.write(chunk)
-            except (TimeoutError, aiohttp.ClientError, ConnectionResetError):
+            except (GatewayError, ConnectionResetError):
                 # Headers are gone already: the only honest signal left is a broken connection.
                 if request.transport is not None:
                     request.transport.close()

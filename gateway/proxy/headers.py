@@ -102,7 +102,7 @@ def interaction_id(headers: CIMultiDictProxy[str]) -> str:
     return new_interaction_id()
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     named: set[str] = set()
     for value in headers.getall("Connection", ()):
         named.update(t.strip().lower() for t in value.split(",") if t.strip())
@@ -159,7 +159,7 @@ class HeaderPolicy:
             out[name] = value
         return out
 
-    def client_response_headers(self, upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    def client_response_headers(self, upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
         named = _connection_tokens(upstream) if "connection" in upstream else ()
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in upstream.items():
