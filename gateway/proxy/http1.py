@@ -321,8 +321,17 @@ class UpstreamResponse:
         self.content_length = conn.content_length
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.iter_chunks()]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        """The whole body (the forwarder calls this for small bodies of known length)."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        first = await conn.read_chunk()
+        if not first:
+            return b""
+        parts = [first]
+        while chunk := await conn.read_chunk():
+            parts.append(chunk)
+        return first if len(parts) == 1 else b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
