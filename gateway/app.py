@@ -1,4 +1,4 @@
-"""The app factory: wiring only. Builds every stage from the config and composes them.
+"""Wiring only: builds every stage from the config and composes them in one request handler.
 
     request -> routing -> AuthRequest (tls peer cert, external URL) -> AuthPipeline.decide
             -> proxy (header policy, streaming forward) -> response
@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +25,7 @@ from .config import AuthPolicy, GatewayConfig
 from .errors import (
     CorsRefusedError,
     DependencyError,
+    ExpectationFailedError,
     GatewayError,
     MethodNotAllowedError,
     MisdirectedRequestError,
@@ -34,7 +34,7 @@ from .errors import (
 )
 from .model import AuthRequest, Decision
 from .observability.metrics import Metrics
-from .observability.observer import CLIENT_CLOSED, OBSERVER, Observer
+from .observability.observer import CLIENT_CLOSED, Observer
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
@@ -44,7 +44,7 @@ from .routing import Route, Router, check_path
 from .tls.clientcerts import ClientCertificates
 from .tls.names import hostname, server_names
 
-__all__ = ("STATE", "GatewayState", "StateHolder", "build_app", "build_pipeline", "build_state")
+__all__ = ("GatewayHandler", "GatewayState", "StateHolder", "build_handler", "build_pipeline", "build_state")
 
 log = logging.getLogger("gateway")
 
@@ -189,9 +189,6 @@ class StateHolder:
         self.current = state
 
 
-STATE = web.AppKey("gateway_state", StateHolder)
-
-
 def build_state(
     cfg: GatewayConfig,
     metrics: Metrics | None = None,
@@ -241,157 +238,159 @@ def _with_cert_header(
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
-async def _no_early_continue(request: web.Request) -> None:
-    """Defer ``100 Continue`` until the request is authorised (PRX-16): no body is read before."""
-    expect = request.headers.get("Expect", "")
-    if expect and expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text="unsupported Expect")
+class GatewayHandler:
+    """The public listener's request handler, served by aiohttp's low-level ``web.Server``.
 
+    No ``web.Application`` and no URL dispatcher: routing is ``gateway.routing``'s job, and
+    aiohttp's resolver and match info cost CPU on every request for nothing here.
+    """
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    state = request.app[STATE].current
-    fapi_id = interaction_id(request.headers)
-    challenge = _NO_CHALLENGE
-    # Observability (gateway.observability.observer): filled in as the request goes along.
-    route_id: str | None = None
-    decision: Decision | None = None
-    status: int = 500
-    reason: str | None = "internal"
-    auth_s: float | None = None
-    up_s: float | None = None
-    up_status: int | None = None
-    t_auth: float | None = None
-    rt: RouteRuntime | None = None
-    cors_origin: str | None = None
-    state.in_flight += 1
-    state.metrics.in_flight.inc()
-    try:
-        if request.method not in _METHODS:
-            raise MethodNotAllowedError("method not allowed", reason="method_not_allowed")
-        if request.method == "OPTIONS" and request.headers.get("Max-Forwards") == "0":
-            # RFC 9110 §7.6.2: the last hop answers itself.
-            status, reason = 204, None
-            return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
-                                                     "x-fapi-interaction-id": fapi_id})
-        check_path(request.raw_path)
-        route = state.router.match(request.method, hostname(request.host or ""), request.path)
-        route_id = route.id
-        rt = state.routes[route.id]
-        challenge = rt.challenge
-        if rt.cors is not None:
-            cors_origin = rt.cors.allowed_origin(request.headers)
-            if rt.cors.is_preflight(request.method, request.headers):
-                # Answered here, without auth, never forwarded (a preflight carries no credentials).
-                if cors_origin is None:
-                    raise CorsRefusedError("origin not allowed")
+    def __init__(self, holder: StateHolder, observer: Observer) -> None:
+        self.holder = holder
+        self.observer = observer
+
+    async def start(self) -> None:
+        await self.holder.current.start()
+
+    async def close(self) -> None:
+        await self.holder.current.close()
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        state = self.holder.current
+        fapi_id = interaction_id(request.headers)
+        challenge = _NO_CHALLENGE
+        # Observability (gateway.observability.observer): filled in as the request goes along.
+        route_id: str | None = None
+        decision: Decision | None = None
+        status: int = 500
+        reason: str | None = "internal"
+        auth_s: float | None = None
+        up_s: float | None = None
+        up_status: int | None = None
+        t_auth: float | None = None
+        rt: RouteRuntime | None = None
+        cors_origin: str | None = None
+        state.in_flight += 1
+        state.metrics.in_flight.inc()
+        try:
+            if request.method not in _METHODS:
+                raise MethodNotAllowedError("method not allowed", reason="method_not_allowed")
+            expect = request.headers.get("Expect")
+            if expect is not None and expect.lower() != "100-continue":
+                raise ExpectationFailedError("unsupported Expect")
+            if request.method == "OPTIONS" and request.headers.get("Max-Forwards") == "0":
+                # RFC 9110 §7.6.2: the last hop answers itself.
                 status, reason = 204, None
-                headers = rt.cors.preflight_headers(cors_origin)
-                headers["x-fapi-interaction-id"] = fapi_id
-                return web.Response(status=204, headers=headers)
-        remote = request.remote or ""
-        trusted = state.is_trusted(remote)
-        req_headers = request.headers
-        proto = state.scheme
-        public_host = request.host
-        if trusted:
-            proto = req_headers.get("X-Forwarded-Proto", proto).split(",")[0].strip() or proto
-            fwd_host = req_headers.get("X-Forwarded-Host", "").split(",")[0].strip()
-            public_host = fwd_host or public_host
-        origin = route.config.external_origin or state.origin
-        if origin is None:
-            if not trusted and state.server_names is not None and not state.server_names.match(public_host):
-                raise MisdirectedRequestError("this server does not serve that host")
-            origin = f"{proto}://{public_host}"
-        auth_req = AuthRequest(
-            method=request.method,
-            url=origin + request.raw_path.split("?", 1)[0],
-            path=request.path,
-            query_string=request.query_string,
-            headers=req_headers,
-            peer_cert=state.client_certs.peer_certificate(request),
-            remote=remote,
-        )
-        t_auth = time.perf_counter()
-        decision = await state.pipeline.decide(auth_req, route.config)
-        auth_s = time.perf_counter() - t_auth
-        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        up_headers = rt.headers.upstream_request_headers(
-            req_headers,
-            client_ip=remote,
-            proto=proto,
-            host=public_host,
-            fapi_id=fapi_id,
-            inject=_with_cert_header(
-                decision.upstream_headers, state.client_certs.upstream_header(auth_req.peer_cert)
-            ),
-            prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
-        )
-        t_up = time.perf_counter()
-        extra: tuple[tuple[str, str], ...] = (("x-fapi-interaction-id", fapi_id), *decision.response_headers)
-        if cors_origin is not None and rt.cors is not None:
-            cors_headers = CIMultiDict[str]()
-            rt.cors.add_response_headers(cors_headers, cors_origin)
-            extra = (*extra, *cors_headers.items())
-        resp, up_status = await state.forwarder.forward(
-            request,
-            rt.upstream,
-            up_headers,
-            max_body_bytes=route.config.max_body_bytes,
-            header_policy=rt.headers,
-            extra_response_headers=extra,
-        )
-        up_s = time.perf_counter() - t_up
-        status, reason = resp.status, None
-        return resp
-    except GatewayError as exc:
-        # FAPI-03: every log entry about a request names its x-fapi-interaction-id.
-        log.debug("refused %s %s: %s (x-fapi-interaction-id %s)", request.method, request.path, exc.reason, fapi_id)
-        status, reason = exc.status, exc.reason
-        resp = error_response(exc, challenge, fapi_id)
-        if cors_origin is not None and rt is not None and rt.cors is not None:
-            rt.cors.add_response_headers(resp.headers, cors_origin)
-        return resp
-    except asyncio.CancelledError:
-        status, reason = CLIENT_CLOSED, "client_closed"
-        raise
-    except Exception:
-        # A bug, not a refusal: 500 with no detail; the traceback goes to the log only.
-        log.exception("internal error (x-fapi-interaction-id %s)", fapi_id)
-        status, reason = 500, "internal"
-        return error_response(GatewayError("internal error"), _NO_CHALLENGE, fapi_id)
-    finally:
-        state.in_flight -= 1
-        state.metrics.in_flight.dec()
-        if auth_s is None and t_auth is not None:  # refused inside the auth decision
+                return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
+                                                         "x-fapi-interaction-id": fapi_id})
+            check_path(request.raw_path)
+            route = state.router.match(request.method, hostname(request.host or ""), request.path)
+            route_id = route.id
+            rt = state.routes[route.id]
+            challenge = rt.challenge
+            if rt.cors is not None:
+                cors_origin = rt.cors.allowed_origin(request.headers)
+                if rt.cors.is_preflight(request.method, request.headers):
+                    # Answered here, without auth, never forwarded (a preflight carries no credentials).
+                    if cors_origin is None:
+                        raise CorsRefusedError("origin not allowed")
+                    status, reason = 204, None
+                    headers = rt.cors.preflight_headers(cors_origin)
+                    headers["x-fapi-interaction-id"] = fapi_id
+                    return web.Response(status=204, headers=headers)
+            remote = request.remote or ""
+            trusted = state.is_trusted(remote)
+            req_headers = request.headers
+            proto = state.scheme
+            public_host = request.host
+            if trusted:
+                proto = req_headers.get("X-Forwarded-Proto", proto).split(",")[0].strip() or proto
+                fwd_host = req_headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+                public_host = fwd_host or public_host
+            origin = route.config.external_origin or state.origin
+            if origin is None:
+                if not trusted and state.server_names is not None and not state.server_names.match(public_host):
+                    raise MisdirectedRequestError("this server does not serve that host")
+                origin = f"{proto}://{public_host}"
+            auth_req = AuthRequest(
+                method=request.method,
+                url=origin + request.raw_path.split("?", 1)[0],
+                path=request.path,
+                query_string=request.query_string,
+                headers=req_headers,
+                peer_cert=state.client_certs.peer_certificate(request),
+                remote=remote,
+            )
+            t_auth = time.perf_counter()
+            decision = await state.pipeline.decide(auth_req, route.config)
             auth_s = time.perf_counter() - t_auth
-        request.app[OBSERVER].finished(
-            request, started=started, route_id=route_id, status=status, reason=reason,
-            decision=decision, interaction_id=fapi_id, auth_s=auth_s, upstream_status=up_status,
-            upstream_s=up_s,
-        )
+            # Deferred until the request is authorised (PRX-16): no body is read before.
+            if expect is not None and request.version >= (1, 1):
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            up_headers = rt.headers.upstream_request_headers(
+                req_headers,
+                client_ip=remote,
+                proto=proto,
+                host=public_host,
+                fapi_id=fapi_id,
+                inject=_with_cert_header(
+                    decision.upstream_headers, state.client_certs.upstream_header(auth_req.peer_cert)
+                ),
+                prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
+            )
+            t_up = time.perf_counter()
+            extra: tuple[tuple[str, str], ...] = (("x-fapi-interaction-id", fapi_id), *decision.response_headers)
+            if cors_origin is not None and rt.cors is not None:
+                cors_headers = CIMultiDict[str]()
+                rt.cors.add_response_headers(cors_headers, cors_origin)
+                extra = (*extra, *cors_headers.items())
+            resp, up_status = await state.forwarder.forward(
+                request,
+                rt.upstream,
+                up_headers,
+                max_body_bytes=route.config.max_body_bytes,
+                header_policy=rt.headers,
+                extra_response_headers=extra,
+            )
+            up_s = time.perf_counter() - t_up
+            status, reason = resp.status, None
+            return resp
+        except GatewayError as exc:
+            # FAPI-03: every log entry about a request names its x-fapi-interaction-id.
+            log.debug("refused %s %s: %s (x-fapi-interaction-id %s)", request.method, request.path, exc.reason, fapi_id)
+            status, reason = exc.status, exc.reason
+            resp = error_response(exc, challenge, fapi_id)
+            if cors_origin is not None and rt is not None and rt.cors is not None:
+                rt.cors.add_response_headers(resp.headers, cors_origin)
+            return resp
+        except asyncio.CancelledError:
+            status, reason = CLIENT_CLOSED, "client_closed"
+            raise
+        except Exception:
+            # A bug, not a refusal: 500 with no detail; the traceback goes to the log only.
+            log.exception("internal error (x-fapi-interaction-id %s)", fapi_id)
+            status, reason = 500, "internal"
+            return error_response(GatewayError("internal error"), _NO_CHALLENGE, fapi_id)
+        finally:
+            state.in_flight -= 1
+            state.metrics.in_flight.dec()
+            if auth_s is None and t_auth is not None:  # refused inside the auth decision
+                auth_s = time.perf_counter() - t_auth
+            self.observer.finished(
+                request, started=started, route_id=route_id, status=status, reason=reason,
+                decision=decision, interaction_id=fapi_id, auth_s=auth_s, upstream_status=up_status,
+                upstream_s=up_s,
+            )
 
 
-def build_app(
+def build_handler(
     cfg: GatewayConfig,
     *,
     state: GatewayState | None = None,
     metrics: Metrics | None = None,
     observer: Observer | None = None,
-) -> web.Application:
-    """The public application for ``cfg`` (TLS is applied by the server that runs it)."""
-    app = web.Application(handler_args={"max_field_size": 16384})
-    app[STATE] = StateHolder(state or build_state(cfg, metrics))
-    app[OBSERVER] = observer or Observer(app[STATE].current.metrics)
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        st = app[STATE].current
-        await st.start()
-        yield
-        await app[STATE].current.close()
-
-    app.cleanup_ctx.append(lifecycle)
-    return app
-
+) -> GatewayHandler:
+    """The public listener's handler for ``cfg`` (TLS is applied by the server that runs it)."""
+    holder = StateHolder(state or build_state(cfg, metrics))
+    return GatewayHandler(holder, observer or Observer(holder.current.metrics))

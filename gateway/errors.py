@@ -38,6 +38,7 @@ __all__ = (
     "ConfigError",
     "CorsRefusedError",
     "DependencyError",
+    "ExpectationFailedError",
     "GatewayError",
     "InsufficientScopeError",
     "IntrospectionUnavailableError",
@@ -196,6 +197,13 @@ class MisdirectedRequestError(GatewayError):
 class MethodNotAllowedError(GatewayError):
     status = 405
     default_reason = "method_not_allowed"
+
+
+class ExpectationFailedError(GatewayError):
+    """An ``Expect`` other than ``100-continue`` (RFC 9110 §10.1.1)."""
+
+    status = 417
+    default_reason = "expectation_failed"
 
 
 class PayloadTooLargeError(GatewayError):

@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from .admin import Readiness, build_admin_app
-from .app import STATE, GatewayState, StateHolder, build_app, build_state
+from .app import GatewayHandler, GatewayState, StateHolder, build_handler, build_state
 from .config import GatewayConfig, load_config
 from .errors import ConfigError
 from .observability.accesslog import AccessLog
@@ -105,8 +105,8 @@ class GatewayServer:
         self.access_log = access_log
         self.port = 0
         self.admin_port = 0
-        self.app: web.Application | None = None
-        self._runner: web.AppRunner | None = None
+        self.handler: GatewayHandler | None = None
+        self._runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._redis: RedisProbe | None = None
         self._shared: SharedMetrics | None = None
@@ -129,17 +129,18 @@ class GatewayServer:
         self.client_certs = ClientCertificates(cfg, on_untrusted_header=metrics.front_proxy_cert_dropped)
         await self.client_certs.start()
         state = build_state(cfg, self.metrics, self.client_certs)
-        self.app = build_app(cfg, state=state, observer=Observer(self.metrics, self.access_log))
+        self.handler = build_handler(cfg, state=state, observer=Observer(self.metrics, self.access_log))
         if cfg.listen.tls is not None and self.ssl_context is None:
             # Hot-reloaded (cert/key/CA/anchors) by the client-certificate stage's TlsContextManager.
             self.ssl_context = self.client_certs.listening_context
         if self.ssl_context is not None:
             count_handshake_failures(self.ssl_context, self.metrics.tls_handshake_failed)
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False,
-            shutdown_timeout=cfg.lifecycle.shutdown_grace_s,
+        await self.handler.start()  # the state's stages: JWKS, Redis pool, ...
+        self._runner = web.ServerRunner(
+            web.Server(self.handler, access_log=None, max_field_size=16384),
+            handle_signals=False, shutdown_timeout=cfg.lifecycle.shutdown_grace_s,
         )
-        await self._runner.setup()  # runs the state's start(): JWKS, Redis pool, ...
+        await self._runner.setup()
         site = web.TCPSite(
             self._runner, cfg.listen.host, cfg.listen.port, ssl_context=self.ssl_context,
             reuse_port=self.reuse_port or None, backlog=1024,
@@ -177,8 +178,8 @@ class GatewayServer:
 
     @property
     def holder(self) -> StateHolder:
-        assert self.app is not None, "start() first"
-        return self.app[STATE]
+        assert self.handler is not None, "start() first"
+        return self.handler.holder
 
     @property
     def state_holder(self) -> StateHolder:
@@ -186,7 +187,7 @@ class GatewayServer:
 
     def _install_readiness_checks(self) -> None:
         def config_loaded() -> bool:
-            return self.app is not None and self.holder.current is not None
+            return self.handler is not None and self.holder.current is not None
 
         def stages() -> bool:
             return all(stage_ready(lc) for lc in getattr(self.holder.current, "_lifecycles", ()))
@@ -213,7 +214,7 @@ class GatewayServer:
 
     async def reload(self) -> bool:
         """Validate the config file and, if good, switch to it. False: the running config stays."""
-        if self.config_path is None or self.app is None:
+        if self.config_path is None or self.handler is None:
             return False
         async with self._reload_lock:
             self._config_digest = await asyncio.to_thread(self._digest)
@@ -250,12 +251,10 @@ class GatewayServer:
             return True
 
     def _swap_access_log(self, cfg: GatewayConfig) -> None:
-        assert self.app is not None
-        from .observability.observer import OBSERVER
-
+        assert self.handler is not None
         new_log = AccessLog(cfg.observability.access_log)
         old_log, self.access_log = self.access_log, new_log
-        self.app[OBSERVER].access_log = new_log
+        self.handler.observer.access_log = new_log
         if old_log is not None:
             self._spawn(asyncio.to_thread(old_log.close))
 
@@ -308,6 +307,9 @@ class GatewayServer:
             # Closes the listening socket, then waits up to shutdown_grace_s for running handlers.
             await self._runner.cleanup()
             self._runner = None
+        if self.handler is not None:
+            with contextlib.suppress(Exception):
+                await self.handler.close()  # the current state's stages (the app's cleanup before)
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -2,8 +2,9 @@
 
 The handler records a few timestamps and calls ``Observer.finished`` once, in ``finally``; this
 keeps the hot path to a handful of attribute reads, two counter/histogram updates and, when the
-access log is on, one ``json.dumps``. The ``Observer`` lives on the application (``OBSERVER``) and
-outlives config reloads; the server swaps its ``access_log`` when a reload changes that section.
+access log is on, one ``json.dumps``. The ``Observer`` lives on the request handler
+(``app.GatewayHandler``) and outlives config reloads; the server swaps its ``access_log`` when a
+reload changes that section.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..model import Decision
 from .accesslog import AccessLog, AccessRecord
 from .metrics import Metrics
 
-__all__ = ("CLIENT_CLOSED", "OBSERVER", "Observer")
+__all__ = ("CLIENT_CLOSED", "Observer")
 
 # nginx's convention for "the client went away before we answered".
 CLIENT_CLOSED = 499
@@ -76,5 +77,3 @@ class Observer:
             )
         )
 
-
-OBSERVER = web.AppKey("gateway_observer", Observer)

@@ -147,6 +147,19 @@ async def test_expect_continue_sent_once_authorised(
     assert upstream.last.body_bytes == 5
 
 
+async def test_unsupported_expectation_is_417(gateway: GatewayFactory, upstream: Upstream, pki: Pki) -> None:
+    """RFC 9110 §10.1.1: an expectation other than 100-continue is refused, never forwarded."""
+    gw = await gateway(ROUTES.format(url=upstream.url))
+    response = await raw_exchange(
+        gw.port, pki.client_context(),
+        b"POST /a HTTP/1.1\r\nHost: localhost\r\nExpect: teapot\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\n\r\nhello", timeout=2,
+    )
+    assert status_of(response) == 417
+    assert b"expectation_failed" in response
+    assert upstream.requests == []
+
+
 def test_c_parser_is_active() -> None:
     """OPS-04: the llhttp C parser, not the pure-Python fallback, parses requests."""
     from aiohttp import http_parser
