@@ -91,6 +91,20 @@ class Bench:
             cpu.append((time.process_time() - c0) / n * 1e6)
         self.record(name, samples, note, cpu)
 
+    async def concurrent(
+        self, name: str, n: int, width: int, make: Callable[[int], Callable[[int], Awaitable[object]]], note: str = ""
+    ) -> None:
+        """Like ``coro``, ``width`` calls at a time (``asyncio.gather``): µs per call, not per batch."""
+        samples, cpu = [], []
+        for r in range(self.repeats):
+            fn = make(r)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for start in range(0, n, width):
+                await asyncio.gather(*(fn(i) for i in range(start, min(start + width, n))))
+            samples.append((time.perf_counter() - t0) / n * 1e6)
+            cpu.append((time.process_time() - c0) / n * 1e6)
+        self.record(name, samples, note, cpu)
+
     def markdown(self) -> str:
         out = [
             f"µs per call (wall: min / median over {self.repeats} repeats; CPU: median of process CPU time) "
@@ -205,8 +219,14 @@ async def run(args: argparse.Namespace) -> Bench:
         await redis_store.first_use(b"warm-" + str(time.time_ns()).encode(), 5)
         rkeys = [[replay_key("bench-jkt", f"micro-redis-{r}-{i}-{time.time_ns()}") for i in range(n)]
                  for r in range(args.repeats)]
-        await b.coro("replay store first_use: Redis on 127.0.0.1 (redis.asyncio)", n,
-                     lambda r: lambda i: redis_store.first_use(rkeys[r][i], 75), "one round trip, sequential")
+        await b.coro("replay store first_use: Redis on 127.0.0.1, sequential", n,
+                     lambda r: lambda i: redis_store.first_use(rkeys[r][i], 75),
+                     "one round trip per call (pipelined client, hiredis)")
+        ckeys = [[replay_key("bench-jkt", f"micro-redis-c-{r}-{i}-{time.time_ns()}") for i in range(n)]
+                 for r in range(args.repeats)]
+        await b.concurrent("replay store first_use: Redis on 127.0.0.1, 64 concurrent", n, 64,
+                           lambda r: lambda i: redis_store.first_use(ckeys[r][i], 75),
+                           "64 at once share writes and round trips")
     except Exception as exc:  # no Redis here: say so in the table instead of failing the run
         nan = float("nan")
         b.rows.append(("replay store first_use: Redis", nan, nan, nan, f"not run: {type(exc).__name__}"))

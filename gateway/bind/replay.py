@@ -5,8 +5,9 @@ jti costs no more than a short one (§11.1 "store only a hash thereof"). Two bac
 
 * ``MemoryReplayStore``: one process only, bounded in entries and TTL;
 * ``RedisReplayStore``: shared by every replica and worker; one atomic ``SET key 1 NX PX ttl``
-  per proof (never get-then-set), pooled connections, short timeouts. Redis unreachable ->
-  ``ReplayStoreUnavailableError`` (503), and the pool reconnects by itself when Redis is back.
+  per proof (never get-then-set), pipelined on one connection (``redis_client``), short timeouts.
+  Redis unreachable, slow or overloaded -> ``ReplayStoreUnavailableError`` (503), and the
+  connection is remade by itself when Redis is back.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 from ..config.dpop import RedisReplayConfig
 from ..errors import ReplayStoreUnavailableError
+from .redis_client import PipelinedRedis, RedisUnavailableError
 
 __all__ = ("MemoryReplayStore", "RedisReplayStore", "ReplayStore", "replay_key")
 
@@ -99,15 +101,32 @@ class MemoryReplayStore:
 
 
 class RedisReplayStore:
-    """Shared replay store on Redis (standalone, Cluster or Sentinel via ``redis.asyncio``)."""
+    """Shared replay store on Redis.
+
+    Standalone Redis (``redis://``, ``rediss://``, ``unix://``): ``PipelinedRedis``, one pipelined
+    connection per process with hiredis parsing: a quarter of ``redis.asyncio``'s CPU per proof
+    one at a time, a tenth or less when proofs arrive together (benchmarks/micro.py).
+    Cluster and Sentinel: ``redis.asyncio``'s clients, which know the topology.
+    """
 
     def __init__(self, cfg: RedisReplayConfig) -> None:
         self._cfg = cfg
-        self._client: Any = None  # redis.asyncio.Redis | RedisCluster (untyped: optional dependency)
+        self._pipelined: PipelinedRedis | None = None
+        self._client: Any = None  # redis.asyncio RedisCluster | Redis (Sentinel), untyped
+        self._prefix = cfg.key_prefix.encode()
+        # The packed tail of "SET <prefix+hex> 1 NX PX <ms>" for the last TTL (one TTL per config).
+        self._tail_ttl = -1
+        self._tail = b""
 
-    def _connect(self) -> Any:
+    def _connect_pipelined(self) -> PipelinedRedis:
+        cfg = self._cfg
+        return PipelinedRedis.from_url(
+            cfg.url, connect_timeout_s=cfg.connect_timeout_s, timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight
+        )
+
+    def _connect_redis_py(self) -> Any:
         try:
-            from redis.asyncio import Redis, RedisCluster
+            from redis.asyncio import RedisCluster
             from redis.asyncio.retry import Retry
             from redis.asyncio.sentinel import Sentinel
             from redis.backoff import NoBackoff
@@ -124,33 +143,63 @@ class RedisReplayStore:
         }
         if cfg.mode == "cluster":
             return RedisCluster.from_url(cfg.url, **common)
-        if cfg.mode == "sentinel":
-            hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-            sentinel = Sentinel(hosts, **common)  # type: ignore[no-untyped-call]
-            return sentinel.master_for(cfg.service_name or "", max_connections=cfg.max_connections)
-        return Redis.from_url(
-            cfg.url, max_connections=cfg.max_connections, health_check_interval=30, **common
-        )
+        hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
+        sentinel = Sentinel(hosts, **common)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(cfg.service_name or "", max_connections=cfg.max_connections)
+
+    def _open(self) -> None:
+        if self._cfg.mode == "standalone":
+            self._pipelined = self._connect_pipelined()
+        else:
+            self._client = self._connect_redis_py()
 
     async def start(self) -> None:
-        """Create the pool. A Redis that is down now is not fatal: requests fail closed until it is back."""
-        if self._client is None:
-            self._client = self._connect()
+        """Connect. A Redis that is down now is not fatal: requests fail closed until it is back."""
+        if self._pipelined is None and self._client is None:
+            self._open()
         try:
             async with asyncio.timeout(self._cfg.connect_timeout_s + self._cfg.timeout_s):
-                await self._client.ping()
+                if self._pipelined is not None:
+                    await self._pipelined.ping()
+                else:
+                    await self._client.ping()
         except Exception as exc:  # start-up only: report and go on, requests fail closed meanwhile
             log.warning("DPoP replay store: Redis not reachable at start-up (%s)", type(exc).__name__)
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
+        pipelined, self._pipelined = self._pipelined, None
+        if pipelined is not None:
+            await pipelined.close()
+        client, self._client = self._client, None
+        if client is not None:
             await client.aclose()
 
+    def _set_command(self, key: bytes, ttl_s: int) -> bytes:
+        if ttl_s != self._tail_ttl:
+            ms = str(ttl_s * 1000).encode()
+            self._tail = b"\r\n$1\r\n1\r\n$2\r\nNX\r\n$2\r\nPX\r\n$%d\r\n%b\r\n" % (len(ms), ms)
+            self._tail_ttl = ttl_s
+        name = self._prefix + key.hex().encode()
+        return b"*6\r\n$3\r\nSET\r\n$%d\r\n%b%b" % (len(name), name, self._tail)
+
     async def first_use(self, key: bytes, ttl_s: int) -> bool:
-        if self._client is None:
-            self._client = self._connect()
-        name = self._cfg.key_prefix.encode() + key.hex().encode()
+        pipelined = self._pipelined
+        if pipelined is None and self._client is None:
+            self._open()
+            pipelined = self._pipelined
+        if pipelined is not None:
+            # Atomic SET NX PX; the client bounds the wait (timeout_s per reply, connect_timeout_s
+            # per connection attempt) and the number of commands waiting.
+            try:
+                reply = await pipelined.execute(self._set_command(key, ttl_s))
+            except RedisUnavailableError as exc:
+                raise ReplayStoreUnavailableError("replay store unavailable") from exc
+            if reply == b"OK":
+                return True
+            if reply is None:
+                return False
+            raise ReplayStoreUnavailableError("replay store unavailable: unexpected reply to SET")
+        name = self._prefix + key.hex().encode()
         try:
             # Bounded overall, whatever the socket timeouts and the retry add up to.
             async with asyncio.timeout(self._cfg.connect_timeout_s + 2 * self._cfg.timeout_s):

@@ -55,7 +55,12 @@ class RedisReplayConfig(Model):
     key_prefix: str = "gateway:dpop:jti:"
     connect_timeout_s: Seconds = 0.5
     timeout_s: Seconds = 0.5
+    # mode cluster / sentinel: redis-py's pool size per process (a request beyond it gets 503).
+    # standalone: unused; commands are pipelined over one connection per process.
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # standalone: SET commands awaiting Redis at once per process; beyond it a request gets 503
+    # at once rather than queueing (a slow Redis must not grow memory without bound).
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
 
     @model_validator(mode="after")
     def _sentinel(self) -> RedisReplayConfig:
