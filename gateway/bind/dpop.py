@@ -4,12 +4,15 @@ serialization, ``crit``) and RFC 7518 §3 (signature formats).
 
 The compact JWS is parsed by hand and the signature checked with ``cryptography`` directly: the
 proof header is usually byte-identical from one request to the next, so its parse (typ, alg,
-key, thumbprint) is cached by the header segment and a proof costs one JSON decode and one
-signature verification.
+key, thumbprint) is cached by the header segment's SHA-256 and a proof costs one JSON decode and
+one signature verification. The header cache keeps each key in compact form (``CompactJwk``); live
+key objects, ~2 KiB of native memory each for EC keys, are kept for the most recent ``_LIVE_KEYS``
+keys only and rebuilt (~10-15 µs per proof, EC) for the others.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import time
@@ -27,7 +30,7 @@ from ..errors import InvalidDpopProofError, InvalidTokenError, ReplayStoreUnavai
 from ..model import sha256_b64url
 from ..strictjson import STRICT_JSON
 from .htu import compare_htu
-from .jwk import ALG_KEY_TYPES, BoundedTtlMap, JwkCache, JwkError, PublicJwk, b64url_decode
+from .jwk import ALG_KEY_TYPES, BoundedTtlMap, CompactJwk, JwkCache, JwkError, PublicKey, b64url_decode
 from .nonce import NonceIssuer
 from .replay import ReplayStore, replay_key
 
@@ -48,8 +51,12 @@ _RSA_PADDING: dict[str, padding.AsymmetricPadding] = {
     **{f"RS{n}": padding.PKCS1v15() for n in ("256", "384", "512")},
 }
 # Real headers are 200-900 characters (EC to RSA-4096 keys); bigger ones are verified, not cached,
-# so the cache's memory stays bounded by entries x this.
+# so the work and memory per cache entry stay bounded.
 _MAX_CACHED_HEADER = 2048
+# Live key objects kept (the header cache keeps every key in compact form): enough for the clients
+# active at any moment. A proof whose key is not live costs ~10-15 µs more (EC: rebuild and first
+# verification); a live EC key costs ~2.3 KiB, so 1024 of them ~2.4 MB.
+_LIVE_KEYS = 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -65,7 +72,7 @@ class VerifiedProof:
 @dataclass(frozen=True, slots=True)
 class _Header:
     alg: str
-    jwk: PublicJwk
+    jwk: CompactJwk
 
 
 def _bad(description: str, reason: str = "dpop_invalid_proof") -> InvalidDpopProofError:
@@ -92,8 +99,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _verify_signature(header: _Header, signing_input: bytes, signature: bytes) -> bool:
-    alg, key = header.alg, header.jwk.key
+def _verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> bool:
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             # RFC 7518 §3.4: JOSE carries R || S, each the full coordinate size; not DER.
@@ -128,18 +134,20 @@ class DpopVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cfg = cfg
-        self._algs = frozenset(cfg.algorithms)
+        # Our own copy of each name, so cached headers do not keep strings decoded from requests.
+        self._algs: dict[str, str] = {alg: alg for alg in cfg.algorithms}
         self._replay = replay
         self._nonces = nonces
         self._clock = clock
         self._keys = JwkCache(
-            maxsize=cfg.key_cache_size,
+            maxsize=min(cfg.key_cache_size, _LIVE_KEYS),
             ttl_s=cfg.key_cache_ttl_s,
             min_rsa_bits=cfg.rsa_min_bits,
             max_rsa_bits=cfg.rsa_max_bits,
         )
-        # Validated headers by their exact base64url segment (a pure function of it).
-        self._headers = BoundedTtlMap[_Header](maxsize=cfg.key_cache_size, ttl_s=cfg.key_cache_ttl_s)
+        # Validated headers by the SHA-256 of their exact base64url segment (a pure function of it);
+        # the digest is a quarter of the segment's size.
+        self._headers = BoundedTtlMap[bytes, _Header](maxsize=cfg.key_cache_size, ttl_s=cfg.key_cache_ttl_s)
         self._refresh_before_s = cfg.nonce.refresh_before_s if cfg.nonce else 0
         self._replay_ttl_s = cfg.replay_ttl_s
 
@@ -148,7 +156,8 @@ class DpopVerifier:
         return self._nonces
 
     def _header(self, segment: str) -> _Header:
-        hit = self._headers.get(segment)
+        digest = hashlib.sha256(segment.encode("utf-8", "surrogatepass")).digest()
+        hit = self._headers.get(digest)
         if hit is not None:
             return hit
         raw = _decode_json_segment(segment, "header")
@@ -158,7 +167,8 @@ class DpopVerifier:
             raise _bad("DPoP proof typ must be dpop+jwt", "dpop_bad_typ")
         # RFC 9449 §4.3 (5), §11.6: an allowlist, compared exactly (so "noNE", HS256, none all fail).
         alg = raw.get("alg")
-        if not isinstance(alg, str) or alg not in self._algs:
+        alg = self._algs.get(alg) if isinstance(alg, str) else None
+        if alg is None:
             raise _bad("DPoP proof alg is not one of the accepted algorithms", "dpop_bad_alg")
         # RFC 7515 §4.1.11: we implement no extension, so any crit makes the JWS invalid.
         if "crit" in raw:
@@ -174,9 +184,9 @@ class DpopVerifier:
         kty, crv = ALG_KEY_TYPES[alg]
         if parsed.kty != kty or (crv is not None and parsed.crv != crv):
             raise _bad("DPoP proof jwk key type does not match alg", "dpop_bad_jwk")
-        header = _Header(alg=alg, jwk=parsed)
+        header = _Header(alg=alg, jwk=parsed.compact())
         if len(segment) <= _MAX_CACHED_HEADER:
-            self._headers.put(segment, header)
+            self._headers.put(digest, header)
         return header
 
     def _check_time(self, claims: dict[str, Any], now: float, nonce_valid: bool) -> None:
@@ -274,7 +284,7 @@ class DpopVerifier:
 
         # RFC 9449 §4.3 (6): the signature, with the key from the jwk header.
         signing_input = f"{header_seg}.{payload_seg}".encode("ascii")
-        if not _verify_signature(header, signing_input, signature):
+        if not _verify_signature(header.alg, self._keys.live(header.jwk).key, signing_input, signature):
             raise _bad("DPoP proof signature is invalid", "dpop_bad_signature")
 
         # RFC 9449 §4.3 (12) / §6.1: the proof key is the one the token is bound to.

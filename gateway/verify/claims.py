@@ -4,11 +4,18 @@ RFC 9068 §4 (iss exact, exp required, aud), RFC 7519 §4.1 (NumericDate exp/nbf
 RFC 8693 §4.2 (scope: space-delimited, case-sensitive), RFC 7800 §3.1 / RFC 9449 §6 / RFC 8705
 §3.1 (cnf: ``jkt``, ``x5t#S256``), RFC 7662 §2.2 (introspection members). Audience and scope
 are *extracted* here and *checked* per route by ``gateway.policy``.
+
+A ``VerifiedToken`` lives in the token caches until ``exp`` (tens of thousands of them), so it
+keeps only what the later stages read: the typed fields, and in ``claims`` the scalar members a
+route's ``required_claims`` can match (``_kept_claims``). Scope sets and audience tuples, the
+same for most tokens, are shared.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection, Mapping
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -44,14 +51,26 @@ def _opt_str(claims: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+# One shared object per distinct value instead of one per cached token. The values come from
+# verified tokens of configured issuers, and the caches are bounded.
+@lru_cache(maxsize=256)
+def _shared_audience(aud: tuple[str, ...]) -> tuple[str, ...]:
+    return aud
+
+
+@lru_cache(maxsize=256)
+def _shared_scopes(scope: str) -> frozenset[str]:
+    return frozenset(sys.intern(s) for s in scope.split(" ") if s)
+
+
 def _audience(claims: Mapping[str, Any]) -> tuple[str, ...]:
     aud = claims.get("aud")
     if aud is None:
         return ()
     if isinstance(aud, str):
-        return (aud,)
+        return _shared_audience((aud,))
     if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
-        return tuple(aud)
+        return _shared_audience(tuple(aud))
     raise _bad("the access token's aud claim is malformed", "token_malformed")
 
 
@@ -62,7 +81,25 @@ def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
     if not isinstance(scope, str):
         # RFC 8693 §4.2 defines a string; a JSON array is refused rather than guessed at (JWT-13d).
         raise _bad("the access token's scope claim is not a string", "token_malformed")
-    return frozenset(s for s in scope.split(" ") if s)
+    return _shared_scopes(scope)
+
+
+# Config refuses these in required_claims (gateway.config.auth): their values are in typed fields.
+_NOT_REQUIRABLE = frozenset({"iss", "aud", "scope", "client_id"})
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _kept_claims(claims: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The members ``gateway.policy`` can match against ``required_claims``: JSON strings, integers
+    and booleans (a required value is one of these, compared with its type, so an object, array,
+    float or null never matches and need not be kept). Names are interned: every cached token
+    would otherwise hold its own copy of "sub", "exp", ..."""
+    kept = {
+        sys.intern(name): value
+        for name, value in claims.items()
+        if isinstance(value, str | int) and name not in _NOT_REQUIRABLE
+    }
+    return MappingProxyType(kept) if kept else _NO_CLAIMS
 
 
 def _cnf(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -130,5 +167,5 @@ def to_verified_token(
         cnf_jkt=jkt,
         cnf_x5t_s256=x5t,
         source=source,
-        claims=MappingProxyType(dict(claims)),
+        claims=_kept_claims(claims),
     )
