@@ -150,7 +150,7 @@ def _targets(by: Callable[[str, str], list[Row]], soak: list[Row]) -> list[str]:
         "",
         "Per-round paired ratios compare the two candidates measured minutes apart in the same round; on "
         "a shared machine they are the more robust figure. Target 6's soak rows appear with "
-        "`--soak-valid N --soak-garbage N` (1M proofs take ~15-25 min at these rates on 2 cores).",
+        "`--soak-valid N --soak-garbage N` (1M proofs take a few minutes at gw-dpop's rate).",
     ]
     return out
 
@@ -292,10 +292,10 @@ def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: ar
             if len(pts) >= 2:
                 first, last = pts[0]["rss_kb"], pts[-1]["rss_kb"]
                 lines.append(f"\n{kind}: RSS {first / 1024:.1f} → {last / 1024:.1f} MB "
-                             f"({100 * (last - first) / first:+.1f} % after the first chunk).")
+                             f"({100 * (last - first) / first:+.1f} % from the baseline, read after the warm-up that "
+                             "fills the caches and the replay window).")
     else:
-        lines.append("Not run in this invocation (`--soak-valid 1000000 --soak-garbage 100000`; at the "
-                     "rates above that takes well over half an hour on 2 cores).")
+        lines.append("Not run in this invocation (`--soak-valid 1000000 --soak-garbage 100000`).")
     micro = BENCH / "out" / "micro.md"
     lines += ["", "## Micro-benchmarks", ""]
     if micro.exists():

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -48,23 +48,33 @@ class ReplayStore(Protocol):
 
 
 class MemoryReplayStore:
-    """Seen keys in insertion order, with expiry. One process only (a config check enforces that).
+    """Seen keys in time generations. One process only (a config check enforces that).
 
-    With one TTL per store, insertion order is expiry order, so expired entries are dropped from
-    the front in amortised O(1). When full, the oldest entry is dropped even if it is still live;
-    ``evicted_live`` counts those (size ``max_entries`` above peak proofs per window).
+    Each generation is a ``set`` of 64-bit fingerprints (the first 8 bytes of ``replay_key``, as
+    ints) of the keys first used during ``window / 8`` seconds. A key is found in any generation
+    still held; a generation is dropped whole once its newest key is older than the window, so a
+    key is remembered for at least the window and at most 1/8 longer. No object per entry beyond
+    one int and a set slot (~70-80 bytes, against ~200 for an ordered dict of bytes -> expiry),
+    and expiry is one ``set`` freed at a time instead of an entry at a time.
+
+    Bounded: beyond ``max_entries`` the oldest generation is dropped even if still live;
+    ``evicted_live`` counts the keys dropped that way (size ``max_entries`` above peak proofs per
+    window). A 64-bit fingerprint collides with one of n held keys with probability n / 2^64.
     """
 
+    _GENERATIONS = 8
+
     def __init__(self, *, max_entries: int = 500_000, clock: Callable[[], float] = time.monotonic) -> None:
-        # OrderedDict, not dict: popping a plain dict from the front leaves holes that make
-        # next(iter(d)) O(n), i.e. quadratic under load.
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._gens: deque[tuple[int, set[int]]] = deque()  # (generation number, fingerprints), oldest first
+        self._size = 0
         self._max = max_entries
         self._clock = clock
+        self._window = 0.0
+        self._gen_s = 0.0
         self.evicted_live = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._size
 
     async def start(self) -> None:
         return None
@@ -76,25 +86,38 @@ class MemoryReplayStore:
 
     def first_use_sync(self, key: bytes, ttl_s: int) -> bool:
         now = self._clock()
-        entries = self._entries
-        expires = entries.get(key)
-        if expires is not None and expires > now:
-            return False
-        if expires is not None:
-            del entries[key]  # expired: re-insert at the back to keep expiry order
-        # Drop expired entries from the front (at most a few per call once steady).
-        for _ in range(8):
-            if not entries:
-                break
-            oldest, oldest_expiry = next(iter(entries.items()))
-            if oldest_expiry > now:
-                break
-            del entries[oldest]
-        if len(entries) >= self._max:
-            entries.popitem(last=False)
-            self.evicted_live += 1
-        entries[key] = now + ttl_s
+        if ttl_s > self._window:
+            self._window = float(ttl_s)
+            if not self._gen_s:
+                self._gen_s = max(self._window / self._GENERATIONS, 0.001)
+        gen_s, window, gens = self._gen_s, self._window, self._gens
+        # Drop generations whose newest possible key is older than the window.
+        while gens and (gens[0][0] + 1) * gen_s + window <= now:
+            self._size -= len(gens.popleft()[1])
+        fp = int.from_bytes(key[:8], "little")
+        for _, seen in gens:
+            if fp in seen:
+                return False
+        number = int(now // gen_s)
+        if not gens or gens[-1][0] != number:
+            gens.append((number, set()))
+        gens[-1][1].add(fp)
+        self._size += 1
+        if self._size > self._max:
+            self._evict(fp)
         return True
+
+    def _evict(self, newest_fp: int) -> None:
+        gens = self._gens
+        while self._size > self._max and len(gens) > 1:
+            dropped = len(gens.popleft()[1])
+            self._size -= dropped
+            self.evicted_live += dropped
+        if self._size > self._max:  # one generation alone overflows: a burst far above max_entries
+            self.evicted_live += self._size - 1
+            gens[-1][1].clear()
+            gens[-1][1].add(newest_fp)  # the key just accepted is still refused if replayed
+            self._size = 1
 
     async def first_use(self, key: bytes, ttl_s: int) -> bool:
         return self.first_use_sync(key, ttl_s)
