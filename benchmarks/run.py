@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.report_only:
         return report_only(args.out)
+    # RESULTS.md shows the profiles in benchmarks/out: only this run's may be there.
+    for stale in OUT.glob("profile-*"):
+        stale.unlink()
     if args.quick:
         args.rounds, args.duration, args.warmup, args.prewarm = 1, 2.0, 0.5, 2.0
     if args.profile is None:
