@@ -31,7 +31,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,9 @@ class GatewayServer:
         self.readiness.listening = True
         if self.config_path is not None and cfg.lifecycle.reload.watch_file:
             self._spawn(self._watch_file(cfg.lifecycle.reload.poll_interval_s))
+        trim = _malloc_trim()
+        if trim is not None:
+            self._spawn(_trim_periodically(trim))
         log.info("gateway listening on %s:%d (admin %s:%d) pid %d", cfg.listen.host, self.port,
                  cfg.admin.host, self.admin_port, os.getpid())
 
@@ -383,6 +386,28 @@ def _tune_malloc() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)  # glibc only; else a no-op
+
+
+_TRIM_EVERY_S = 30.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+async def _trim_periodically(trim: Callable[[int], int]) -> None:
+    """Hand glibc's free-but-held pages back to the system now and then: per-request buffers
+    (headers, TLS records, bodies) of many sizes fragment the heap, and RSS otherwise creeps up
+    under sustained load although the memory in use is flat (benchmarks/profile-notes.md)."""
+    while True:
+        await asyncio.sleep(_TRIM_EVERY_S)
+        await asyncio.to_thread(trim, 0)  # a few ms; off the event loop (ctypes drops the GIL)
 
 
 def run_loop(server: GatewayServer) -> None:
