@@ -149,7 +149,7 @@ class GatewayState:
                 upstream=up,
                 cors=CorsPolicy(route.config.cors, route.config.match.methods) if route.config.cors else None,
             )
-        self.forwarder = Forwarder(self.upstreams)
+        self.forwarder = Forwarder()
         listen = cfg.listen
         self.scheme = "https" if listen.tls is not None else "http"
         self.origin = listen.external_origin

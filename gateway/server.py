@@ -173,9 +173,9 @@ class GatewayServer:
         self.readiness.listening = True
         if self.config_path is not None and cfg.lifecycle.reload.watch_file:
             self._spawn(self._watch_file(cfg.lifecycle.reload.poll_interval_s))
-        trim = _malloc_trim()
-        if trim is not None:
-            self._spawn(_trim_periodically(trim))
+        libc = _libc()
+        if libc is not None:
+            self._spawn(_trim_periodically(libc.malloc_trim))
         log.info("gateway listening on %s:%d (admin %s:%d) pid %d", cfg.listen.host, self.port,
                  cfg.admin.host, self.admin_port, os.getpid())
 
@@ -379,26 +379,24 @@ _MMAP_THRESHOLD = 128 * 1024
 _M_MMAP_THRESHOLD = -3
 
 
-def _tune_malloc() -> None:
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return  # the operator chose
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)  # glibc only; else a no-op
-
-
-_TRIM_EVERY_S = 30.0
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> Any:
+    """glibc through ctypes, or None elsewhere (musl, macOS): the memory tuning is then skipped."""
     try:
         import ctypes
 
-        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
-    return trim
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _tune_malloc() -> None:
+    libc = _libc()
+    if libc is not None and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # else the operator chose
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
+_TRIM_EVERY_S = 30.0
 
 
 async def _trim_periodically(trim: Callable[[int], int]) -> None:

@@ -40,7 +40,6 @@ class UpstreamClient:
 
     def __init__(self, up: UpstreamConfig) -> None:
         self.config = up
-        self.base = up.url.rstrip("/")
         self.pool = ConnectionPool(
             up.url,
             ssl_context=_client_ssl(up),
@@ -66,12 +65,6 @@ async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]
 
 class Forwarder:
     """Sends a request upstream and streams the answer back."""
-
-    def __init__(self, upstreams: dict[str, UpstreamClient]) -> None:
-        self._upstreams = upstreams
-
-    def client(self, url: str) -> UpstreamClient:
-        return self._upstreams[url]
 
     async def forward(
         self,

@@ -102,11 +102,27 @@ def interaction_id(headers: CIMultiDictProxy[str]) -> str:
     return new_interaction_id()
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def _connection_tokens(headers: Headers) -> set[str]:
     named: set[str] = set()
     for value in headers.getall("Connection", ()):
         named.update(t.strip().lower() for t in value.split(",") if t.strip())
     return named
+
+
+def _forwardable(headers: Headers, drop: frozenset[str]) -> CIMultiDict[str]:
+    """``headers`` without the names in ``drop`` (lower-case) and without every field named in
+    ``Connection`` (RFC 9110 §7.6.1). Repeated headers keep their order."""
+    named = _connection_tokens(headers) if "connection" in headers else ()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        low = name.lower()
+        if low in drop or low in named:
+            continue
+        out.add(name, value)
+    return out
 
 
 class HeaderPolicy:
@@ -138,35 +154,24 @@ class HeaderPolicy:
         prior_forwarded_for: str | None = None,
     ) -> CIMultiDict[str]:
         """Headers for the upstream request. Repeated headers keep their order."""
-        named = _connection_tokens(incoming) if "connection" in incoming else ()
-        drop = self._drop
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in incoming.items():
-            low = name.lower()
-            if low in drop or low in named:
-                continue
-            out.add(name, value)
+        out = _forwardable(incoming, self._drop)
         xff = f"{prior_forwarded_for}, {client_ip}" if prior_forwarded_for else client_ip
         out["X-Forwarded-For"] = xff
         out["X-Forwarded-Proto"] = proto
         out["X-Forwarded-Host"] = host
         node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
         out["Forwarded"] = f'for={node};proto={proto};host="{host}"'
-        via = incoming.get("Via")
-        out["Via"] = f"{via}, {self._via}" if via else self._via
+        self._add_via(out, incoming)
         out[FAPI_INTERACTION_ID] = fapi_id
         for name, value in inject:
             out[name] = value
         return out
 
-    def client_response_headers(self, upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-        named = _connection_tokens(upstream) if "connection" in upstream else ()
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in upstream.items():
-            low = name.lower()
-            if low in HOP_BY_HOP or low in named:
-                continue
-            out.add(name, value)
-        via = upstream.get("Via")
-        out["Via"] = f"{via}, {self._via}" if via else self._via
+    def client_response_headers(self, upstream: Headers) -> CIMultiDict[str]:
+        out = _forwardable(upstream, HOP_BY_HOP)
+        self._add_via(out, upstream)
         return out
+
+    def _add_via(self, out: CIMultiDict[str], received: Headers) -> None:
+        via = received.get("Via")
+        out["Via"] = f"{via}, {self._via}" if via else self._via

@@ -58,7 +58,7 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
-        self._head = False
+        self._head_request = False
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
@@ -161,7 +161,7 @@ class _Connection(asyncio.Protocol):
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         self.headers_done = True
-        if self._head or status in (204, 304):
+        if self._head_request or status in (204, 304):
             # No body follows (RFC 9112 §6.3). llhttp is not told about HEAD, so a new parser is
             # made for the next exchange and this one is never fed again.
             self.message_done = True
@@ -190,7 +190,7 @@ class _Connection(asyncio.Protocol):
         """Send the request head (and a small body) and get ready for the answer."""
         assert self.transport is not None
         self._parser = httptools.HttpResponseParser(self)
-        self._head = head
+        self._head_request = head
         self.status = 0
         self.headers_done = self.message_done = self.received_any = False
         self.keep_alive = False
