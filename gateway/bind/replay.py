@@ -167,7 +167,7 @@ class RedisReplayStore:
         if cfg.mode == "cluster":
             return RedisCluster.from_url(cfg.url, **common)
         hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-        sentinel = Sentinel(hosts, **common)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts, **common)
         return sentinel.master_for(cfg.service_name or "", max_connections=cfg.max_connections)
 
     def _open(self) -> None:

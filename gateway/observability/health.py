@@ -53,7 +53,7 @@ class RedisProbe:
             return RedisCluster.from_url(cfg.url, **common)
         if cfg.mode == "sentinel":
             hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-            sentinel = Sentinel(hosts, **common)  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(hosts, **common)
             return sentinel.master_for(cfg.service_name or "", max_connections=2)
         return Redis.from_url(cfg.url, max_connections=2, **common)
 
