@@ -9,14 +9,26 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- build: resolve and build every wheel (the project and its dependencies) ------------------
+# --- build: the virtualenv the image runs, from the hash-pinned lock, and its SBOM -----------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.txt requirements-sbom.txt pyproject.toml README.md ./
 COPY gateway ./gateway
+# Every dependency, transitive ones included, must match a hash in requirements.txt (refreshed by
+# .ci/lock); the project itself is built with the locked setuptools and installed without deps.
 # All dependencies ship manylinux wheels for CPython 3.11, so no compiler is installed even here.
-RUN pip wheel --wheel-dir /wheels ".[uvloop,redis]"
+# Byte-code is compiled at install time (the root filesystem is read-only at run time).
+RUN python -m venv /opt/gateway \
+ && /opt/gateway/bin/pip install --require-hashes -r requirements.txt \
+ && /opt/gateway/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/gateway/bin/pip uninstall --yes setuptools
+# CycloneDX SBOM of exactly what the image runs (that venv, read after install), by a tool from
+# its own hash-pinned lock in another venv, so the tool itself is not shipped.
+RUN python -m venv /opt/sbom \
+ && /opt/sbom/bin/pip install --require-hashes -r requirements-sbom.txt \
+ && /opt/sbom/bin/cyclonedx-py environment --output-format JSON --output-reproducible \
+      --output-file /opt/gateway/sbom.cdx.json /opt/gateway/bin/python
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -26,13 +38,10 @@ LABEL org.opencontainers.image.title="fapi-gateway" \
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin gateway
-COPY --from=build /wheels /tmp/wheels
-# Byte-code is compiled at install time (the root filesystem is read-only at run time), then pip
-# itself is removed from the virtualenv: nothing can be installed into a running container.
-RUN python -m venv /opt/gateway \
- && /opt/gateway/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels "fapi-gateway[uvloop,redis]" \
- && /opt/gateway/bin/pip uninstall --yes pip \
- && rm -rf /tmp/wheels \
+# Same base image, same path: the venv built above runs as it is. pip is removed from it, so
+# nothing can be installed into a running container. The SBOM ships at /opt/gateway/sbom.cdx.json.
+COPY --from=build /opt/gateway /opt/gateway
+RUN /opt/gateway/bin/python -m pip uninstall --yes pip \
  && mkdir -p /etc/gateway/config /etc/gateway/tls /etc/gateway/client-ca
 
 ENV PATH=/opt/gateway/bin:$PATH \

@@ -6,14 +6,18 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import threading
-import venv
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -66,6 +70,39 @@ def test_dockerfile_shape() -> None:
     assert ignore[0] == "**" and "!gateway/" in ignore
 
 
+def _locked(path: Path, *, here_only: bool = False) -> dict[str, str]:
+    """name -> version of every package pinned in a lock file (``here_only``: those whose
+    environment marker holds for this interpreter)."""
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$", line)
+        if m and not (here_only and m.group(3) and not Marker(m.group(3)).evaluate()):
+            out[canonicalize_name(m.group(1))] = m.group(2)
+    return out
+
+
+def test_locks_cover_pyproject() -> None:
+    """Each lock pins every requirement pyproject.toml names for it, at a version its range allows
+    (a range changed without `bash .ci/lock` fails here), and every pin carries hashes."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = {
+        "requirements.txt": [*project["dependencies"], *extras["uvloop"], *extras["redis"]],
+        "requirements-dev.txt": [*project["dependencies"], *extras["dev"]],
+    }
+    for lock, reqs in wanted.items():
+        pins = _locked(REPO / lock)
+        text = (REPO / lock).read_text()
+        assert len(pins) == len(re.findall(r"(?m)^\S+==", text))
+        assert all(block.count("--hash=sha256:") for block in re.split(r"(?m)^(?=\S+==)", text)[1:]), lock
+        for spec in reqs:
+            req = Requirement(spec)
+            name = canonicalize_name(req.name)
+            assert name in pins, f"{lock}: {name} is not locked (run bash .ci/lock)"
+            assert req.specifier.contains(pins[name], prereleases=True), (
+                f"{lock}: {name}=={pins[name]} is outside {req.specifier} (run bash .ci/lock)")
+
+
 def _healthcheck_argv() -> list[str]:
     (args,) = [a for i, a in _instructions() if i == "HEALTHCHECK"]
     cmd = args[args.index("CMD") + 3:].strip()
@@ -98,28 +135,58 @@ def test_healthcheck_command_probes_the_admin_port() -> None:
     assert down.returncode != 0
 
 
+def _build_stage_runs() -> list[str]:
+    """The build stage's RUN commands, as shell text."""
+    ins = _instructions()
+    froms = [n for n, (i, _) in enumerate(ins) if i == "FROM"]
+    build = ins[froms[0]:froms[1]]
+    assert build[0][1].endswith("AS build")
+    return [a for i, a in build if i == "RUN"]
+
+
+def test_image_installs_only_from_the_hash_pinned_lock() -> None:
+    runs = " ".join(_build_stage_runs())
+    installs = [seg.strip() for seg in runs.split("&&") if re.search(r"\bpip install ", seg)]
+    assert installs, runs
+    for cmd in installs:
+        # Either everything hash-checked from a lock, or the project alone without its deps.
+        assert ("--require-hashes -r requirements" in cmd) or ("--no-deps --no-build-isolation ." in cmd), cmd
+    assert "cyclonedx-py environment" in runs and "/opt/gateway/sbom.cdx.json" in runs
+
+
 @pytest.mark.slow
 def test_entrypoint_runs_from_a_fresh_install(tmp_path: Path) -> None:
-    """What the image's build and ENTRYPOINT do: a non-editable install into a new virtualenv,
-    then ``gateway --help`` and ``gateway check-config`` from that install, not from the repo."""
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True, symlinks=True).create(env_dir)
-    py, gw = env_dir / "bin" / "python", env_dir / "bin" / "gateway"
-    pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    """The image's build stage, run for real without Docker: its RUN commands (with /opt paths
+    moved under tmp_path) build the venv from the hash-pinned lock and write the SBOM; then
+    ``gateway --help`` and ``gateway check-config`` from that install, not from the repo."""
+    env_dir = tmp_path / "gateway"
+    gw = env_dir / "bin" / "gateway"
     # Copy the sources first so the build never writes into the shared work tree (build/, *.egg-info).
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-sbom.txt"):
         (src / name).write_bytes((REPO / name).read_bytes())
     subprocess.run(["cp", "-r", str(REPO / "gateway"), str(src / "gateway")], check=True)
-    install = subprocess.run(
-        [str(py), "-m", "pip", "install", "--quiet", f"{src}[uvloop,redis]"],
-        env=pip_env, capture_output=True, text=True, timeout=300,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+    pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    for run in _build_stage_runs():
+        cmd = (run.replace("/opt/gateway", str(env_dir)).replace("/opt/sbom", str(tmp_path / "sbom"))
+               .replace("python -m venv", f"{shlex.quote(sys.executable)} -m venv"))
+        built = subprocess.run(["bash", "-c", cmd], cwd=src, env=pip_env, capture_output=True, text=True,
+                               timeout=600)
+        assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
 
-    where = subprocess.run([str(py), "-c", "import gateway; print(gateway.__file__)"], cwd=tmp_path,
-                           capture_output=True, text=True, check=True)
+    # The SBOM names every locked runtime package at its locked version, and the gateway itself.
+    sbom = json.loads((env_dir / "sbom.cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX"
+    listed = {(c["name"].lower().replace("_", "-"), c["version"]) for c in sbom["components"]}
+    locked = _locked(REPO / "requirements.txt", here_only=True)
+    locked.pop("setuptools")  # a build-time requirement, removed from the image's venv
+    missing = {(n, v) for n, v in locked.items() if (n, v) not in listed}
+    assert not missing, missing
+    assert any(n == "fapi-gateway" for n, _ in listed)
+
+    where = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import gateway; print(gateway.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(env_dir)), where.stdout
 
     help_ = subprocess.run([str(gw), "--help"], capture_output=True, text=True, timeout=60)
