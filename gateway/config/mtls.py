@@ -142,7 +142,13 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 
 
 class TrustedProxyIdentity(Model):
-    """The front proxy's own TLS client certificate, by thumbprint or by exact subject DN."""
+    """The front proxy's own TLS client certificate, by thumbprint (recommended) or by exact subject DN.
+
+    ``x5t_s256`` pins one certificate (base64url SHA-256 of its DER, RFC 8705 §3.1). ``subject`` trusts
+    any certificate with that DN that a ``listen.tls.client_ca`` CA issued (never a self-signed one:
+    anyone can write any DN into those); it is logged as a warning at start-up, because every CA in
+    ``client_ca`` can then mint the ingress's identity.
+    """
 
     x5t_s256: str | None = None
     # RFC 4514 string as ``cryptography`` renders it, e.g. ``CN=ingress,O=Bank``.
@@ -229,6 +235,9 @@ class ClientCertConfig(Model):
     max_chain_depth: Annotated[int, Field(ge=0, le=16)] = 4
     # When a certificate has ExtendedKeyUsage, it must allow clientAuth (and KeyUsage digitalSignature).
     require_client_auth_usage: bool = True
+    # OpenSSL's VERIFY_X509_STRICT for client certificates (issuers must say cA=TRUE, ...). false only
+    # for a legacy client PKI that fails it; registered self-signed certificates stay pinned either way.
+    x509_strict: bool = True
     forward: ForwardCertConfig | None = None
     # Replaces the default list when set; ``extra_strip_headers`` adds to it. The front-proxy and
     # forward headers are always added (see the validator), so they can never be client-supplied.

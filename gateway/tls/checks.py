@@ -46,6 +46,9 @@ class CertFacts:
     usage_ok: bool
     # CA certificates above the leaf in the verified (or forwarded) chain; None when unknown.
     ca_depth: int | None
+    # x5t#S256 of the trust anchor our handshake's verified chain ended at (the leaf itself when it
+    # is directly trusted); None when unknown or not from our handshake. See ``gateway.tls.pinning``.
+    anchor_x5t: str | None = None
 
 
 def _usage_ok(cert: x509.Certificate) -> bool:
@@ -66,7 +69,12 @@ def _usage_ok(cert: x509.Certificate) -> bool:
 
 
 def parse_cert_facts(
-    der: bytes, *, ca_depth: int | None, source: str = "tls", cert: x509.Certificate | None = None
+    der: bytes,
+    *,
+    ca_depth: int | None,
+    source: str = "tls",
+    cert: x509.Certificate | None = None,
+    anchor_x5t: str | None = None,
 ) -> CertFacts:
     """Parse a DER certificate (raises ``ValueError`` when it is not one)."""
     if cert is None:
@@ -81,6 +89,7 @@ def parse_cert_facts(
         serial=cert.serial_number,
         usage_ok=_usage_ok(cert),
         ca_depth=ca_depth,
+        anchor_x5t=anchor_x5t,
     )
 
 

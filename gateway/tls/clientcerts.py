@@ -32,6 +32,7 @@ from .checks import CertificateChecker
 from .crl import CrlStore
 from .front_proxy import FrontProxy
 from .peer import tls_peer_facts
+from .pinning import check_pinned
 from .reload import ContextBuilder, TlsContextManager
 from .upstream import upstream_cert_header
 
@@ -85,6 +86,7 @@ class ClientCertificates:
         tls = cfg.listen.tls
         # Also without client auth: server certificate rotation still needs the reloader.
         self.tls = TlsContextManager(tls, certs, build=build_context) if tls is not None else None
+        self._pinning = self.tls is not None and certs.self_signed is not None
 
     @property
     def listening_context(self) -> ssl.SSLContext | None:
@@ -95,6 +97,9 @@ class ClientCertificates:
         """The client certificate to bind tokens to, or None. Raises 400 (malformed trusted header)
         or 401 ``invalid_token`` (expired, revoked, wrong usage, chain too long)."""
         tls = tls_peer_facts(request)
+        if tls is not None and self._pinning:
+            # Before the front-proxy decision: the proxy's own certificate is held to it too.
+            check_pinned(tls, self._pins(request))
         front = self.front
         if front is not None and front.is_trusted(request.remote, tls):
             facts = front.certificate(request.headers)
@@ -105,6 +110,12 @@ class ClientCertificates:
                 self._untrusted(name, request.remote)
                 break
         return self.checker.check(tls) if tls is not None else None
+
+    def _pins(self, request: web.BaseRequest) -> frozenset[str]:
+        assert self.tls is not None
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        return self.tls.pins_for(ssl_object.context if ssl_object is not None else None)
 
     def _untrusted(self, header: str, remote: str | None) -> None:
         if self._on_untrusted is not None:

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidTokenError
-from ..model import PeerCertificate
+from ..model import PeerCertificate, sha256_b64url
 from .checks import CertFacts, parse_cert_facts
 
 __all__ = ("peer_certificate", "tls_peer_facts")
@@ -28,28 +28,39 @@ log = logging.getLogger(__name__)
 _ATTR = "_gateway_peer_facts"
 _MISSING: Any = object()
 _by_connection: weakref.WeakKeyDictionary[Any, CertFacts | None] = weakref.WeakKeyDictionary()
+_ENCODING_DER = 2  # _ssl.ENCODING_DER (not exported by ``ssl``)
 
 
-def _ca_depth(ssl_object: Any) -> int | None:
-    """CA certificates above the leaf in the chain OpenSSL verified (Python has no verify depth)."""
+def _chain(ssl_object: Any) -> tuple[int | None, str | None]:
+    """(CA certificates above the leaf, x5t#S256 of the trust anchor) of the chain OpenSSL verified
+    (Python has no verify depth); (None, None) when the TLS layer cannot tell."""
     getter = getattr(ssl_object, "get_verified_chain", None)  # public from Python 3.13
     if getter is None:
         getter = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
     if getter is None:
-        return None
+        return None, None
     try:
         chain = getter()
     except (ValueError, AttributeError):
-        return None
-    return max(len(chain) - 1, 0) if chain else None
+        return None, None
+    if not chain:
+        return None, None
+    anchor = chain[-1]
+    # 3.13 returns DER bytes; 3.10-3.12 return ``_ssl.Certificate`` objects.
+    try:
+        anchor_der = anchor if isinstance(anchor, bytes) else anchor.public_bytes(_ENCODING_DER)
+    except (ValueError, AttributeError, TypeError):
+        return max(len(chain) - 1, 0), None
+    return max(len(chain) - 1, 0), sha256_b64url(anchor_der)
 
 
 def _facts_for(ssl_object: Any) -> CertFacts | None:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
+    ca_depth, anchor_x5t = _chain(ssl_object)
     try:
-        return parse_cert_facts(der, ca_depth=_ca_depth(ssl_object))
+        return parse_cert_facts(der, ca_depth=ca_depth, anchor_x5t=anchor_x5t)
     except ValueError:
         # OpenSSL accepted it but cryptography cannot parse it: refuse rather than guess.
         log.warning("client certificate from the handshake could not be parsed")

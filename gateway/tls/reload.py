@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,14 +38,17 @@ __all__ = ("ContextBuilder", "TlsContextManager")
 
 log = logging.getLogger(__name__)
 
-# build_server_context(tls, extra_trust_anchors_pem=[pem, ...]) -> SSLContext
+# build_server_context(tls, extra_trust_anchors_pem=[pem, ...], x509_strict=...) -> SSLContext
 ContextBuilder = Callable[[ListenerTls, Sequence[str]], ssl.SSLContext]
 
 
-def _default_builder(tls: ListenerTls, anchors: Sequence[str]) -> ssl.SSLContext:
+def _default_builder(x509_strict: bool) -> ContextBuilder:
     from .context import build_server_context
 
-    return build_server_context(tls, extra_trust_anchors_pem=anchors)
+    def build(tls: ListenerTls, anchors: Sequence[str]) -> ssl.SSLContext:
+        return build_server_context(tls, extra_trust_anchors_pem=anchors, x509_strict=x509_strict)
+
+    return build
 
 
 class TlsContextManager:
@@ -58,7 +62,13 @@ class TlsContextManager:
         build: ContextBuilder | None = None,
     ) -> None:
         self._tls = tls
-        self._build = build or _default_builder
+        if not certs.x509_strict and tls.client_auth != "none":
+            log.warning("client_certs.x509_strict is false: client certificate chains are verified "
+                        "without VERIFY_X509_STRICT (legacy PKI opt-in)")
+        self._build = build or _default_builder(certs.x509_strict)
+        # The registrations each context was built with (a connection keeps the context it
+        # started on, so its pins are that context's, not the newest ones).
+        self._pins: weakref.WeakKeyDictionary[ssl.SSLContext, frozenset[str]] = weakref.WeakKeyDictionary()
         self._interval_s = certs.watch_interval_s
         self._anchors = TrustAnchorSet(certs.self_signed) if certs.self_signed else None
         self._jwks_interval_s = certs.self_signed.refresh_interval_s if certs.self_signed else 0.0
@@ -68,6 +78,7 @@ class TlsContextManager:
             self._anchors.load_directory()  # start-up: blocking is fine, nothing serves yet
         self._anchor_fp = self._anchors.fingerprint() if self._anchors else frozenset()
         ctx = self._build(tls, self._anchor_pem())
+        self._pins[ctx] = self._anchor_fp
         ctx.sni_callback = self._on_client_hello
         self._listening = ctx
         self._current = ctx
@@ -84,6 +95,14 @@ class TlsContextManager:
     @property
     def current_context(self) -> ssl.SSLContext:
         return self._current
+
+    def pins_for(self, ctx: ssl.SSLContext | None) -> frozenset[str]:
+        """x5t#S256 of the self-signed registrations ``ctx`` trusts (the current ones if unknown)."""
+        if ctx is not None:
+            pins = self._pins.get(ctx)
+            if pins is not None:
+                return pins
+        return self._anchor_fp
 
     def _on_client_hello(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> int | None:
         current = self._current
@@ -140,6 +159,7 @@ class TlsContextManager:
             if stamps[2:] != self._stamps[2:] or fp != self._anchor_fp:
                 # CA bundles or anchors changed (not just the server cert): see _on_client_hello.
                 self._trust_changed_at = int(time.time())
+            self._pins[ctx] = fp
             self._current = ctx
             self._stamps = stamps
             self._anchor_fp = fp
