@@ -17,6 +17,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   ├── KeySourceUnavailableError     503 (JWKS unreachable and no cached key)
     │   ├── IntrospectionUnavailableError 503
     │   ├── ReplayStoreUnavailableError   503
+    │   ├── RevocationDataStaleError      503 (the client certificate's CRL is past nextUpdate)
     │   ├── UpstreamUnavailableError      502
     │   └── UpstreamTimeoutError          504
     ├── RouteNotFoundError                404
@@ -52,6 +53,7 @@ __all__ = (
     "OAuthError",
     "PayloadTooLargeError",
     "ReplayStoreUnavailableError",
+    "RevocationDataStaleError",
     "RouteNotFoundError",
     "Scheme",
     "UpstreamTimeoutError",
@@ -161,6 +163,13 @@ class IntrospectionUnavailableError(DependencyError):
 
 class ReplayStoreUnavailableError(DependencyError):
     default_reason = "replay_store_unavailable"
+
+
+class RevocationDataStaleError(DependencyError):
+    """The issuer's CRL is past its nextUpdate: whether the certificate was revoked is unknown."""
+
+    default_reason = "client_cert_crl_stale"
+    retry_after_s = 60  # a new CRL takes an operator or a CronJob, not a few seconds
 
 
 class UpstreamUnavailableError(DependencyError):

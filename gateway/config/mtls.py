@@ -4,7 +4,8 @@
   header (RFC 9440, Envoy XFCC, NGINX, AWS ALB...). Honoured only from the configured peers.
 * ``self_signed``: ``self_signed_tls_client_auth`` certificates (RFC 8705 §2.2) loaded as trust
   anchors from a directory and from client JWKS documents (``x5c``).
-* ``crl_files``, ``max_chain_depth``, ``require_client_auth_usage``: checks on every certificate.
+* ``crl_files`` (+ ``on_stale_crl``), ``max_chain_depth``, ``require_client_auth_usage``,
+  ``x509_strict``: checks on every certificate.
 * ``forward``: send the verified certificate to the upstream in a header of our choosing.
 * ``strip_headers``: identity headers removed from every request (a client must never speak for
   another identity toward the upstream, RFC 9700 §4.13).
@@ -229,6 +230,8 @@ class ClientCertConfig(Model):
     self_signed: SelfSignedAnchorsConfig | None = None
     # PEM (one or more CRLs) or DER files; reloaded when they change; revoked certs are refused.
     crl_files: tuple[FilePath, ...] = ()
+    # A certificate whose issuer's CRL is past nextUpdate: refuse (503) or warn (accept, logged).
+    on_stale_crl: Literal["refuse", "warn"] = "refuse"
     # How often certificate, key, CA bundle, CRL and anchor-directory files are checked for changes.
     watch_interval_s: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
     # CA certificates allowed above the leaf (intermediates + root). 0: only directly trusted certs.

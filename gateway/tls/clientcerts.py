@@ -72,7 +72,11 @@ class ClientCertificates:
             crl=self.crl,
             max_chain_depth=certs.max_chain_depth,
             require_client_auth_usage=certs.require_client_auth_usage,
+            on_stale_crl=certs.on_stale_crl,
         )
+        if certs.crl_files and certs.on_stale_crl == "warn":
+            log.warning("client_certs.on_stale_crl is warn: certificates are accepted on CRLs past "
+                        "their nextUpdate (revocations published since are missed)")
         self.front = FrontProxy(certs.front_proxy) if certs.front_proxy else None
         watched = list(CERT_HEADERS)
         if self.front is not None:
