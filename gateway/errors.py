@@ -22,6 +22,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   └── UpstreamTimeoutError          504
     ├── RouteNotFoundError                404
     ├── CorsRefusedError                  403 (preflight from an origin not allowed)
+    ├── ClientCertificateRefusedError     403 (refused certificate on a route that does not authenticate)
     ├── MethodNotAllowedError             405
     ├── MisdirectedRequestError           421
     └── PayloadTooLargeError              413
@@ -36,6 +37,7 @@ from typing import ClassVar, Literal
 Scheme = Literal["Bearer", "DPoP"]
 
 __all__ = (
+    "ClientCertificateRefusedError",
     "ConfigError",
     "CorsRefusedError",
     "DependencyError",
@@ -194,6 +196,17 @@ class CorsRefusedError(GatewayError):
 
     status = 403
     default_reason = "cors_origin_refused"
+
+
+class ClientCertificateRefusedError(GatewayError):
+    """The connection's client certificate is refused on a route that does not authenticate.
+
+    Routes that authenticate answer 401 ``invalid_token`` with a challenge; one without auth has
+    no challenge to offer, and a 401 without ``WWW-Authenticate`` is not HTTP (RFC 9110 §15.5.2).
+    """
+
+    status = 403
+    default_reason = "client_cert_refused"
 
 
 class MisdirectedRequestError(GatewayError):

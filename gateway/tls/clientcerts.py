@@ -27,6 +27,7 @@ from multidict import istr
 
 from ..config.mtls import ClientCertConfig
 from ..config.schema import GatewayConfig
+from ..errors import ClientCertificateRefusedError, InvalidTokenError
 from ..model import PeerCertificate
 from .checks import CertificateChecker
 from .crl import CrlStore
@@ -97,9 +98,21 @@ class ClientCertificates:
         """For ``web.TCPSite(ssl_context=...)``; None when the listener is plain HTTP."""
         return self.tls.listening_context if self.tls is not None else None
 
-    def peer_certificate(self, request: web.BaseRequest) -> PeerCertificate | None:
-        """The client certificate to bind tokens to, or None. Raises 400 (malformed trusted header)
-        or 401 ``invalid_token`` (expired, revoked, wrong usage, chain too long)."""
+    def peer_certificate(self, request: web.BaseRequest, *, authenticates: bool = True) -> PeerCertificate | None:
+        """The client certificate to bind tokens to, or None. Raises 400 (malformed trusted header),
+        503 (CRL past nextUpdate) or 401 ``invalid_token`` (expired, revoked, wrong usage, chain too
+        long, not a registration's own), which is 403 on a route that does not ``authenticate``.
+
+        A refused certificate is refused on every route, as the handshake would have refused it;
+        a route without auth has no challenge for a 401, so it answers 403 (RFC 9110 §15.5.2/4)."""
+        try:
+            return self._peer_certificate(request)
+        except InvalidTokenError as exc:
+            if authenticates:
+                raise
+            raise ClientCertificateRefusedError(exc.description, reason=exc.reason) from None
+
+    def _peer_certificate(self, request: web.BaseRequest) -> PeerCertificate | None:
         tls = tls_peer_facts(request)
         if tls is not None and self._pinning:
             # Before the front-proxy decision: the proxy's own certificate is held to it too.
