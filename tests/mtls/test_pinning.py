@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.model import sha256_b64url
+from gateway.observability.tls import count_handshake_failures
 from gateway.tls.anchors import self_signed_leaf
 from gateway.tls.checks import parse_cert_facts
 from gateway.tls.clientcerts import ClientCertificates
@@ -130,12 +131,15 @@ def v1_registration(cn: str) -> SelfSigned:
 
 
 def mint(issuer: SelfSigned, cn: str) -> SelfSigned:
-    """A client certificate signed by ``issuer``'s key, subject of the minter's choosing."""
+    """A client certificate signed by ``issuer``'s key, subject of the minter's choosing; well-formed
+    (key identifiers included), so that only the issuer's lack of cA=TRUE can get it refused."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _builder(_cn(cn), issuer.cert.subject, key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(issuer.key, hashes.SHA256())
     )
     return _pem(cert, key)
@@ -226,6 +230,8 @@ async def test_strict_verification_refuses_a_leaf_minted_by_any_keycertsign_anch
     minted = mint(rogue, "anyone")
     ctx = build_server_context(mpki.listener(), extra_trust_anchors_pem=[rogue.cert_pem.decode()])
     assert ctx.verify_flags & ssl.VERIFY_X509_STRICT
+    refused: list[str] = []
+    count_handshake_failures(ctx, refused.append)
     certs = ClientCertificates(gateway_config({}, {"tls": {"cert": str(mpki.server_cert), "key": str(mpki.server_key),
                                                            "client_ca": [str(mpki.ca_file)]}}))
     async with serve(certs_app(certs), ctx) as port:
@@ -234,6 +240,8 @@ async def test_strict_verification_refuses_a_leaf_minted_by_any_keycertsign_anch
         assert await handshake_fails(port, client)
         # CA-issued clients are unaffected by strict mode.
         assert not await handshake_fails(port, mpki.client_ctx(mpki.client_a))
+    # The refusal has its own metric reason (X509_V_ERR_INVALID_CA), not the generic one.
+    assert refused == ["client_cert_invalid_ca"]
 
 
 def test_post_handshake_pin_check(mpki: Pki) -> None:
