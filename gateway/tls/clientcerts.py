@@ -119,6 +119,10 @@ class ClientCertificates:
             check_pinned(tls, self._pins(request))
         front = self.front
         if front is not None and front.is_trusted(request.remote, tls):
+            if tls is not None:
+                # The proxy's own certificate passes the same checks: a revoked or expired ingress
+                # certificate vouches for no one.
+                self.checker.check(tls)
             facts = front.certificate(request.headers)
             return self.checker.check(facts) if facts is not None else None
         headers = request.headers

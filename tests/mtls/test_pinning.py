@@ -394,3 +394,29 @@ async def test_dev_client_certificates_pass_strict_verification(tmp_path: Path, 
             ctx = ssl.create_default_context(cafile=str(dev / "ca.pem"))
             ctx.load_cert_chain(str(dev / f"{name}.pem"), str(dev / f"{name}-key.pem"))
             assert not await handshake_fails(port, ctx), name
+
+
+async def test_revoked_front_proxy_certificate_is_not_trusted(
+    gateway: GatewayFactory, pki: GwPki, upstream: Upstream, tmp_path: Path
+) -> None:
+    """The ingress's own certificate goes through the same checks as a client's (here: the CRL):
+    a revoked ingress certificate cannot assert client certificates any more."""
+    from .conftest import make_crl
+
+    issuer = Issuer(tmp_path)
+    ingress = pki.ca.issue_cert("ingress.bank.internal", common_name="ingress")
+    ingress_pem = ingress.cert_chain_pems[0].bytes()
+    ingress_cert = x509.load_pem_x509_certificate(ingress_pem)
+    ingress_ss = SelfSigned(cert=ingress_cert, key=serialization.load_pem_private_key(  # type: ignore[arg-type]
+        ingress.private_key_pem.bytes(), None), cert_pem=ingress_pem, key_pem=ingress.private_key_pem.bytes())
+    x5t = sha256_b64url(ingress_cert.public_bytes(serialization.Encoding.DER))
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(make_crl(pki.ca, [ingress_cert.serial_number]))
+    gw = await gateway(_yaml(issuer, upstream, f"""
+        crl_files: [{crl}]
+        front_proxy: {{format: rfc9440, trusted_identities: [{{x5t_s256: "{x5t}"}}]}}
+    """))
+    token_a = issuer.token(sha256_b64url(pki.client_a.der))
+    headers = {"Authorization": f"Bearer {token_a}", "Client-Cert": _rfc9440(pki.client_a.der)}
+    assert await _call(gw.port, pki, ingress_ss, tmp_path, headers) == 401
+    assert upstream.requests == []
