@@ -29,11 +29,11 @@ from ..config.mtls import ClientCertConfig
 from ..config.schema import GatewayConfig
 from ..errors import ClientCertificateRefusedError, InvalidTokenError
 from ..model import PeerCertificate
-from .checks import CertificateChecker
+from .checks import CertFacts, CertificateChecker
 from .crl import CrlStore
 from .front_proxy import FrontProxy
-from .peer import tls_peer_facts
-from .pinning import check_pinned
+from .peer import per_connection, presented_chain, tls_peer_facts
+from .pinning import pin_violation
 from .reload import ContextBuilder, TlsContextManager
 from .upstream import upstream_cert_header
 
@@ -116,7 +116,7 @@ class ClientCertificates:
         tls = tls_peer_facts(request)
         if tls is not None and self._pinning:
             # Before the front-proxy decision: the proxy's own certificate is held to it too.
-            check_pinned(tls, self._pins(request))
+            self._check_pinned(request, tls)
         front = self.front
         if front is not None and front.is_trusted(request.remote, tls):
             if tls is not None:
@@ -132,11 +132,19 @@ class ClientCertificates:
                 break
         return self.checker.check(tls) if tls is not None else None
 
-    def _pins(self, request: web.BaseRequest) -> frozenset[str]:
-        assert self.tls is not None
+    def _check_pinned(self, request: web.BaseRequest, facts: CertFacts) -> None:
+        tls = self.tls
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        return self.tls.pins_for(ssl_object.context if ssl_object is not None else None)
+        if tls is None or ssl_object is None:
+            return  # no handshake of ours, so no facts either
+
+        def verdict() -> str | None:
+            return pin_violation(facts, tls.pins_for(ssl_object.context), lambda: presented_chain(ssl_object))
+
+        reason = per_connection(ssl_object, "_gateway_pin_violation", verdict)
+        if reason is not None:
+            raise InvalidTokenError("client certificate not accepted", reason=reason)
 
     def _untrusted(self, header: str, remote: str | None) -> None:
         if self._on_untrusted is not None:

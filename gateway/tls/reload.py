@@ -33,6 +33,7 @@ from ..config.schema import ListenerTls
 from ..tasks import stop_tasks
 from .anchors import TrustAnchorSet
 from .crl import FileStamp, file_stamp
+from .pinning import NO_PINS, Pins
 
 __all__ = ("ContextBuilder", "TlsContextManager")
 
@@ -68,7 +69,7 @@ class TlsContextManager:
         self._build = build or _default_builder(certs.x509_strict)
         # The registrations each context was built with (a connection keeps the context it
         # started on, so its pins are that context's, not the newest ones).
-        self._pins: weakref.WeakKeyDictionary[ssl.SSLContext, frozenset[str]] = weakref.WeakKeyDictionary()
+        self._pins: weakref.WeakKeyDictionary[ssl.SSLContext, Pins] = weakref.WeakKeyDictionary()
         self._interval_s = certs.watch_interval_s
         self._anchors = TrustAnchorSet(certs.self_signed) if certs.self_signed else None
         self._jwks_interval_s = certs.self_signed.refresh_interval_s if certs.self_signed else 0.0
@@ -78,7 +79,7 @@ class TlsContextManager:
             self._anchors.load_directory()  # start-up: blocking is fine, nothing serves yet
         self._anchor_fp = self._anchors.fingerprint() if self._anchors else frozenset()
         ctx = self._build(tls, self._anchor_pem())
-        self._pins[ctx] = self._anchor_fp
+        self._current_pins = self._pins[ctx] = self._make_pins()
         ctx.sni_callback = self._on_client_hello
         self._listening = ctx
         self._current = ctx
@@ -96,13 +97,16 @@ class TlsContextManager:
     def current_context(self) -> ssl.SSLContext:
         return self._current
 
-    def pins_for(self, ctx: ssl.SSLContext | None) -> frozenset[str]:
-        """x5t#S256 of the self-signed registrations ``ctx`` trusts (the current ones if unknown)."""
+    def pins_for(self, ctx: ssl.SSLContext | None) -> Pins:
+        """The self-signed registrations ``ctx`` trusts (the current ones if ``ctx`` is not ours)."""
         if ctx is not None:
             pins = self._pins.get(ctx)
             if pins is not None:
                 return pins
-        return self._anchor_fp
+        return self._current_pins
+
+    def _make_pins(self) -> Pins:
+        return Pins(self._anchors.all()) if self._anchors is not None else NO_PINS
 
     def _on_client_hello(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> int | None:
         current = self._current
@@ -149,6 +153,7 @@ class TlsContextManager:
         async with self._lock:
             fp = self._anchors.fingerprint() if self._anchors else frozenset()
             pem = self._anchor_pem()
+            pins = self._make_pins()
             try:
                 ctx = await asyncio.to_thread(self._build, self._tls, pem)
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -159,7 +164,7 @@ class TlsContextManager:
             if stamps[2:] != self._stamps[2:] or fp != self._anchor_fp:
                 # CA bundles or anchors changed (not just the server cert): see _on_client_hello.
                 self._trust_changed_at = int(time.time())
-            self._pins[ctx] = fp
+            self._current_pins = self._pins[ctx] = pins
             self._current = ctx
             self._stamps = stamps
             self._anchor_fp = fp

@@ -33,7 +33,18 @@ from gateway.tls.context import build_server_context
 from tests.conftest import GatewayFactory, Upstream
 from tests.conftest import Pki as GwPki
 
-from .conftest import UTC, Pki, SelfSigned, certs_app, connect, gateway_config, handshake_fails, make_self_signed, serve
+from .conftest import (
+    UTC,
+    Pki,
+    SelfSigned,
+    certs_app,
+    connect,
+    gateway_config,
+    handshake_fails,
+    leaf_der,
+    make_self_signed,
+    serve,
+)
 from .test_e2e import AUD, ISSUER, Issuer
 
 pytestmark = pytest.mark.timeout(60)
@@ -245,28 +256,36 @@ async def test_strict_verification_refuses_a_leaf_minted_by_any_keycertsign_anch
 
 
 def test_post_handshake_pin_check(mpki: Pki) -> None:
-    """A verified chain that ends at a registered self-signed certificate must be that certificate."""
-    from gateway.errors import InvalidTokenError
-    from gateway.tls.pinning import check_pinned
+    """A chain that ends at a registered self-signed certificate must be that certificate; without
+    a verified chain (a resumed session) the presented chain decides."""
+    from gateway.tls.pinning import NO_PINS, Pins, pin_violation
 
     good = make_self_signed("tpp")
-    pins = frozenset({sha256_b64url(good.der)})
-    other = mint(key_cert_sign_registration("x"), "y")
-    other_der = other.cert.public_bytes(serialization.Encoding.DER)
-    # The registration itself (chain of one): accepted.
-    check_pinned(parse_cert_facts(good.der, ca_depth=0, anchor_x5t=sha256_b64url(good.der)), pins)
-    # A CA-issued certificate: its chain ends at a CA, not at a pin.
-    ca_der = mpki.ca.cert_pem.bytes()
-    ca_x5t = sha256_b64url(x509.load_pem_x509_certificate(ca_der).public_bytes(serialization.Encoding.DER))
-    check_pinned(parse_cert_facts(other_der, ca_depth=1, anchor_x5t=ca_x5t), pins)
-    # Anything else whose chain ends at a pin: refused.
-    with pytest.raises(InvalidTokenError) as err:
-        check_pinned(parse_cert_facts(other_der, ca_depth=1, anchor_x5t=sha256_b64url(good.der)), pins)
-    assert err.value.reason == "client_cert_not_pinned"
-    # Chain unknown (no verified chain from the TLS layer) while pins exist: refused, not guessed.
-    with pytest.raises(InvalidTokenError):
-        check_pinned(parse_cert_facts(other_der, ca_depth=None), pins)
-    check_pinned(parse_cert_facts(good.der, ca_depth=None), pins)
+    pins = Pins({sha256_b64url(good.der): good.der})
+    minted = mint(good, "anyone")  # signed with the registration's key (OpenSSL would refuse it)
+    minted_der = minted.cert.public_bytes(serialization.Encoding.DER)
+    other_der = leaf_der(mpki.client_a)
+    ca_der = x509.load_pem_x509_certificate(mpki.ca.cert_pem.bytes()).public_bytes(serialization.Encoding.DER)
+
+    def nothing() -> list[bytes]:
+        raise AssertionError("the presented chain is only read when the verified one is unknown")
+
+    def verdict(der: bytes, anchor: bytes | None, presented: Any = nothing, p: Pins = pins) -> str | None:
+        facts = parse_cert_facts(der, ca_depth=None, anchor_x5t=sha256_b64url(anchor) if anchor else None)
+        return pin_violation(facts, p, presented)
+
+    # Verified chain known: the registration itself, a CA-issued certificate, anything ending at a pin.
+    assert verdict(good.der, good.der) is None
+    assert verdict(other_der, ca_der) is None
+    assert verdict(minted_der, good.der) == "client_cert_not_pinned"
+    # No registrations: nothing to check.
+    assert verdict(minted_der, good.der, p=NO_PINS) is None
+    # Resumed session (no verified chain): decided on the presented chain.
+    assert verdict(good.der, None) is None
+    assert verdict(other_der, None, lambda: [other_der]) is None
+    assert verdict(minted_der, None, lambda: [minted_der]) == "client_cert_not_pinned"
+    assert verdict(other_der, None, lambda: [other_der, good.der]) == "client_cert_not_pinned"
+    assert verdict(other_der, None, lambda: []) == "client_cert_chain_unknown"
 
 
 async def test_handshake_facts_carry_the_chain_anchor(mpki: Pki, tmp_path: Path) -> None:
@@ -420,3 +439,50 @@ async def test_revoked_front_proxy_certificate_is_not_trusted(
     headers = {"Authorization": f"Bearer {token_a}", "Client-Cert": _rfc9440(pki.client_a.der)}
     assert await _call(gw.port, pki, ingress_ss, tmp_path, headers) == 401
     assert upstream.requests == []
+
+
+# --- resumed TLS sessions ------------------------------------------------------------------------------
+
+def _blocking_get(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None) -> tuple[int, bytes, Any, bool]:
+    """One request on a fresh connection that offers ``session`` for resumption (blocking; run in a thread)."""
+    import socket
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body, s.session, s.session_reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_resumed_sessions_keep_working_with_registrations(
+    mpki: Pki, tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """A resumed session has no verified chain (OpenSSL does not re-verify): the pin rule is then
+    decided from the chain the client presented, so CA-issued and registered clients both resume."""
+    import asyncio
+
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    good = make_self_signed("tpp")
+    (anchors / "tpp.pem").write_bytes(good.cert_pem)
+    certs = ClientCertificates(gateway_config(
+        {"self_signed": {"directory": str(anchors)}},
+        {"tls": {"cert": str(mpki.server_cert), "key": str(mpki.server_key), "client_ca": [str(mpki.ca_file)]}},
+    ))
+    ss_ctx = mpki.client_ctx()
+    good.configure_cert(ss_ctx, tmp_path)
+    clients = {sha256_b64url(leaf_der(mpki.client_a)): mpki.client_ctx(mpki.client_a), sha256_b64url(good.der): ss_ctx}
+    async with serve(certs_app(certs), certs.listening_context) as port:
+        for x5t, ctx in clients.items():
+            ctx.maximum_version = version
+            session = None
+            for attempt in range(2):
+                status, body, session, reused = await asyncio.to_thread(_blocking_get, port, ctx, session)
+                assert status == 200, (attempt, body)
+                assert json.loads(body)["x5t"] == x5t
+                assert reused == (attempt == 1)
+
