@@ -230,8 +230,9 @@ class FrontProxy:
             return False
         if proxy_tls.peer.x5t_s256 in self._x5ts:
             return True
-        # DN only for a certificate a CA issued (at least one CA above it in the verified chain).
-        issued = proxy_tls.ca_depth is not None and proxy_tls.ca_depth >= 1
+        # DN only for a certificate a CA issued: not self-issued, and at least one CA above it in
+        # the verified chain when that is known (a resumed session has none).
+        issued = proxy_tls.issuer != proxy_tls.subject and (proxy_tls.ca_depth is None or proxy_tls.ca_depth >= 1)
         return issued and proxy_tls.subject in self._subjects
 
     def is_trusted(self, remote: str | None, proxy_tls: CertFacts | None) -> bool:

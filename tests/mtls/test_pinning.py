@@ -486,3 +486,23 @@ async def test_resumed_sessions_keep_working_with_registrations(
                 assert json.loads(body)["x5t"] == x5t
                 assert reused == (attempt == 1)
 
+
+
+def test_dn_trust_without_a_verified_chain(mpki: Pki) -> None:
+    """On a resumed session the verified chain is unknown: DN trust still holds for a CA-issued
+    proxy certificate and never for a self-signed one."""
+    from gateway.config.mtls import FrontProxyConfig
+    from gateway.tls.front_proxy import FrontProxy
+
+    ingress = mpki.ca.issue_cert("ingress.bank.internal", common_name="ingress")
+    ingress_der = leaf_der(ingress)
+    subject = x509.load_der_x509_certificate(ingress_der).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    poser = _builder(subject, subject, key).sign(key, hashes.SHA256())
+    front = FrontProxy(FrontProxyConfig.model_validate(
+        {"trusted_identities": [{"subject": subject.rfc4514_string()}]}))
+    for depth in (None, 1):
+        assert front.is_trusted("127.0.0.1", parse_cert_facts(ingress_der, ca_depth=depth))
+    for depth in (None, 0):
+        poser_facts = parse_cert_facts(poser.public_bytes(serialization.Encoding.DER), ca_depth=depth)
+        assert not front.is_trusted("127.0.0.1", poser_facts)
