@@ -153,7 +153,9 @@ class TlsContextManager:
         async with self._lock:
             fp = self._anchors.fingerprint() if self._anchors else frozenset()
             pem = self._anchor_pem()
-            pins = self._make_pins()
+            # Snapshot on the loop (the JWKS refresh mutates the set there); parse off it.
+            ders = self._anchors.all() if self._anchors is not None else {}
+            pins = await asyncio.to_thread(Pins, ders) if ders else NO_PINS
             try:
                 ctx = await asyncio.to_thread(self._build, self._tls, pem)
             except (OSError, ssl.SSLError, ValueError) as exc:
