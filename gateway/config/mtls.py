@@ -145,7 +145,8 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 class TrustedProxyIdentity(Model):
     """The front proxy's own TLS client certificate, by thumbprint (recommended) or by exact subject DN.
 
-    ``x5t_s256`` pins one certificate (base64url SHA-256 of its DER, RFC 8705 §3.1). ``subject`` trusts
+    ``x5t_s256`` pins one certificate (base64url SHA-256 of its DER, RFC 8705 §3.1; ``openssl x509 -in
+    ingress.pem -outform DER | openssl dgst -sha256 -binary | basenc --base64url | tr -d =``). ``subject`` trusts
     any certificate with that DN that a ``listen.tls.client_ca`` CA issued (never a self-signed one:
     anyone can write any DN into those); it is logged as a warning at start-up, because every CA in
     ``client_ca`` can then mint the ingress's identity.
