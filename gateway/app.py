@@ -319,7 +319,7 @@ class GatewayHandler:
                 path=request.path,
                 query_string=request.query_string,
                 headers=req_headers,
-                peer_cert=state.client_certs.peer_certificate(request),
+                peer_cert=state.client_certs.peer_certificate(request, authenticates=bool(challenge.schemes)),
                 remote=remote,
             )
             t_auth = time.perf_counter()

@@ -17,10 +17,12 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   ├── KeySourceUnavailableError     503 (JWKS unreachable and no cached key)
     │   ├── IntrospectionUnavailableError 503
     │   ├── ReplayStoreUnavailableError   503
+    │   ├── RevocationDataStaleError      503 (the client certificate's CRL is past nextUpdate)
     │   ├── UpstreamUnavailableError      502
     │   └── UpstreamTimeoutError          504
     ├── RouteNotFoundError                404
     ├── CorsRefusedError                  403 (preflight from an origin not allowed)
+    ├── ClientCertificateRefusedError     403 (refused certificate on a route that does not authenticate)
     ├── MethodNotAllowedError             405
     ├── MisdirectedRequestError           421
     └── PayloadTooLargeError              413
@@ -35,6 +37,7 @@ from typing import ClassVar, Literal
 Scheme = Literal["Bearer", "DPoP"]
 
 __all__ = (
+    "ClientCertificateRefusedError",
     "ConfigError",
     "CorsRefusedError",
     "DependencyError",
@@ -52,6 +55,7 @@ __all__ = (
     "OAuthError",
     "PayloadTooLargeError",
     "ReplayStoreUnavailableError",
+    "RevocationDataStaleError",
     "RouteNotFoundError",
     "Scheme",
     "UpstreamTimeoutError",
@@ -163,6 +167,13 @@ class ReplayStoreUnavailableError(DependencyError):
     default_reason = "replay_store_unavailable"
 
 
+class RevocationDataStaleError(DependencyError):
+    """The issuer's CRL is past its nextUpdate: whether the certificate was revoked is unknown."""
+
+    default_reason = "client_cert_crl_stale"
+    retry_after_s = 60  # a new CRL takes an operator or a CronJob, not a few seconds
+
+
 class UpstreamUnavailableError(DependencyError):
     status = 502
     default_reason = "upstream_unavailable"
@@ -185,6 +196,17 @@ class CorsRefusedError(GatewayError):
 
     status = 403
     default_reason = "cors_origin_refused"
+
+
+class ClientCertificateRefusedError(GatewayError):
+    """The connection's client certificate is refused on a route that does not authenticate.
+
+    Routes that authenticate answer 401 ``invalid_token`` with a challenge; one without auth has
+    no challenge to offer, and a 401 without ``WWW-Authenticate`` is not HTTP (RFC 9110 §15.5.2).
+    """
+
+    status = 403
+    default_reason = "client_cert_refused"
 
 
 class MisdirectedRequestError(GatewayError):

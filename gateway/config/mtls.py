@@ -4,7 +4,8 @@
   header (RFC 9440, Envoy XFCC, NGINX, AWS ALB...). Honoured only from the configured peers.
 * ``self_signed``: ``self_signed_tls_client_auth`` certificates (RFC 8705 §2.2) loaded as trust
   anchors from a directory and from client JWKS documents (``x5c``).
-* ``crl_files``, ``max_chain_depth``, ``require_client_auth_usage``: checks on every certificate.
+* ``crl_files`` (+ ``on_stale_crl``), ``max_chain_depth``, ``require_client_auth_usage``,
+  ``x509_strict``: checks on every certificate.
 * ``forward``: send the verified certificate to the upstream in a header of our choosing.
 * ``strip_headers``: identity headers removed from every request (a client must never speak for
   another identity toward the upstream, RFC 9700 §4.13).
@@ -142,7 +143,14 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 
 
 class TrustedProxyIdentity(Model):
-    """The front proxy's own TLS client certificate, by thumbprint or by exact subject DN."""
+    """The front proxy's own TLS client certificate, by thumbprint (recommended) or by exact subject DN.
+
+    ``x5t_s256`` pins one certificate (base64url SHA-256 of its DER, RFC 8705 §3.1; ``openssl x509 -in
+    ingress.pem -outform DER | openssl dgst -sha256 -binary | basenc --base64url | tr -d =``). ``subject`` trusts
+    any certificate with that DN that a ``listen.tls.client_ca`` CA issued (never a self-signed one:
+    anyone can write any DN into those); it is logged as a warning at start-up, because every CA in
+    ``client_ca`` can then mint the ingress's identity.
+    """
 
     x5t_s256: str | None = None
     # RFC 4514 string as ``cryptography`` renders it, e.g. ``CN=ingress,O=Bank``.
@@ -223,12 +231,17 @@ class ClientCertConfig(Model):
     self_signed: SelfSignedAnchorsConfig | None = None
     # PEM (one or more CRLs) or DER files; reloaded when they change; revoked certs are refused.
     crl_files: tuple[FilePath, ...] = ()
+    # A certificate whose issuer's CRL is past nextUpdate: refuse (503) or warn (accept, logged).
+    on_stale_crl: Literal["refuse", "warn"] = "refuse"
     # How often certificate, key, CA bundle, CRL and anchor-directory files are checked for changes.
     watch_interval_s: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
     # CA certificates allowed above the leaf (intermediates + root). 0: only directly trusted certs.
     max_chain_depth: Annotated[int, Field(ge=0, le=16)] = 4
     # When a certificate has ExtendedKeyUsage, it must allow clientAuth (and KeyUsage digitalSignature).
     require_client_auth_usage: bool = True
+    # OpenSSL's VERIFY_X509_STRICT for client certificates (issuers must say cA=TRUE, ...). false only
+    # for a legacy client PKI that fails it; registered self-signed certificates stay pinned either way.
+    x509_strict: bool = True
     forward: ForwardCertConfig | None = None
     # Replaces the default list when set; ``extra_strip_headers`` adds to it. The front-proxy and
     # forward headers are always added (see the validator), so they can never be client-supplied.

@@ -28,6 +28,11 @@ _VERIFY_CODES: Final[dict[int, str]] = {
     21: "client_cert_unknown_ca",
     23: "client_cert_revoked",
     26: "client_cert_bad_purpose",
+    # Under VERIFY_X509_STRICT (gateway.tls.context): an issuer without cA=TRUE (e.g. a leaf minted
+    # by a registered self-signed certificate), and the other RFC 5280 rules strict mode adds (80-94).
+    37: "client_cert_invalid_ca",  # X509_V_ERR_INVALID_NON_CA
+    79: "client_cert_invalid_ca",  # X509_V_ERR_INVALID_CA
+    **dict.fromkeys(range(80, 95), "client_cert_not_rfc5280"),
 }
 
 _REASONS: Final[dict[str, str]] = {

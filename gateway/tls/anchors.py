@@ -5,8 +5,15 @@
 files in a directory. Python's ``ssl`` only accepts a client certificate it can verify, so each
 one becomes a trust anchor of the listener's context.
 
-Only self-signed, non-CA certificates are accepted as anchors: a CA certificate in a client's
-JWKS would otherwise let that client mint certificates our handshake trusts.
+A registration is a *pinned leaf*: it authenticates itself and nothing it signs. OpenSSL, though,
+lets a trust anchor issue whenever ``X509_check_ca`` says it may: not only ``cA=TRUE``, but also a
+certificate with no BasicConstraints and ``keyUsage: keyCertSign``, an X.509 v1 certificate, or a
+Netscape CA certificate type. Any such registration would let its holder mint client certificates
+with any subject that complete our handshake, so only self-signed v3 end-entity certificates that
+cannot sign certificates are accepted (each refusal is logged with its reason). Two more layers
+hold the line if one ever fails: the listener verifies with ``VERIFY_X509_STRICT`` (an issuer must
+say ``cA=TRUE``), and after the handshake a chain that ends at a registration must be exactly that
+registration (``gateway.tls.pinning``).
 A JWKS that cannot be fetched keeps its last good certificates (a transient outage must not
 lock clients out); a JWKS that is fetched and no longer lists a certificate removes it.
 """
@@ -32,7 +39,7 @@ from ..config.mtls import SelfSignedAnchorsConfig
 from ..model import sha256_b64url
 from .front_proxy import parse_pem_certs
 
-__all__ = ("TrustAnchorSet", "self_signed_leaf")
+__all__ = ("TrustAnchorSet", "registration_problem", "self_signed_leaf")
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +47,55 @@ _PEM_SUFFIXES = (".pem", ".crt", ".cer")
 _MAX_FILE_BYTES = 1024 * 1024
 
 
-def self_signed_leaf(der: bytes) -> x509.Certificate | None:
-    """The certificate if it is self-signed (signature checked) and not a CA, else None."""
+# Netscape certificate type (legacy): with its CA bits OpenSSL treats the certificate as a CA.
+_NETSCAPE_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
+
+
+def registration_problem(der: bytes) -> tuple[x509.Certificate | None, str | None]:
+    """(certificate, None) when ``der`` may be registered, else (certificate or None, why not)."""
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
-        return None
+        return None, "is not a certificate"
     if cert.issuer != cert.subject:
-        return None
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        if bc.ca:
-            return None
+        return cert, "is not self-signed"
     try:
         cert.verify_directly_issued_by(cert)
     except (InvalidSignature, ValueError, TypeError):
-        return None
-    return cert
+        return cert, "is not self-signed (its signature does not verify with its own key)"
+    if cert.version != x509.Version.v3:
+        return cert, "can act as a CA (X.509 v1: OpenSSL accepts v1 self-signed certificates as issuers)"
+    exts = cert.extensions
+    try:
+        if exts.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return cert, "can act as a CA (basicConstraints cA=TRUE)"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ku = exts.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        if ku.key_cert_sign or ku.crl_sign:
+            return cert, "can act as a CA (keyUsage keyCertSign/cRLSign)"
+    if any(ext.oid == _NETSCAPE_CERT_TYPE for ext in exts):
+        return cert, "can act as a CA (Netscape certificate type)"
+    return cert, None
+
+
+def self_signed_leaf(der: bytes) -> x509.Certificate | None:
+    """The certificate if it is a self-signed v3 end-entity certificate that cannot issue, else None."""
+    cert, problem = registration_problem(der)
+    return cert if problem is None else None
 
 
 def _accept(ders: Iterable[bytes], where: str, into: dict[str, bytes]) -> None:
     for der in ders:
-        if self_signed_leaf(der) is None:
-            log.warning("%s: skipped a certificate that is not a self-signed end-entity certificate", where)
+        _, problem = registration_problem(der)
+        if problem is not None:
+            # The thumbprint identifies the refused registration without printing the certificate.
+            log.warning("%s: refused a self-signed client certificate registration (x5t#S256 %s) that %s",
+                        where, sha256_b64url(der), problem)
             continue
         into[sha256_b64url(der)] = der
 

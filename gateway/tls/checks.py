@@ -12,25 +12,33 @@ Where each check runs, and why:
   setting. The per-request cost is two float compares and a dict lookup.
 
 Any failure refuses the request with 401 ``invalid_token`` (the certificate cannot back a
-binding, and a connection we would have refused at the handshake must not get through either).
+binding, and a connection we would have refused at the handshake must not get through either),
+except an unknown revocation status (the issuer's CRL is past nextUpdate, ``gateway.tls.crl``):
+503, not the client's fault, unless ``on_stale_crl: warn``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..errors import InvalidTokenError
+from ..errors import InvalidTokenError, RevocationDataStaleError
 from ..model import PeerCertificate
 from .crl import CrlStore
 
 __all__ = ("CertFacts", "CertificateChecker", "parse_cert_facts")
 
+log = logging.getLogger(__name__)
+
 _REJECTED = "client certificate not accepted"
+_STALE_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,9 @@ class CertFacts:
     usage_ok: bool
     # CA certificates above the leaf in the verified (or forwarded) chain; None when unknown.
     ca_depth: int | None
+    # x5t#S256 of the trust anchor our handshake's verified chain ended at (the leaf itself when it
+    # is directly trusted); None when unknown or not from our handshake. See ``gateway.tls.pinning``.
+    anchor_x5t: str | None = None
 
 
 def _usage_ok(cert: x509.Certificate) -> bool:
@@ -66,7 +77,12 @@ def _usage_ok(cert: x509.Certificate) -> bool:
 
 
 def parse_cert_facts(
-    der: bytes, *, ca_depth: int | None, source: str = "tls", cert: x509.Certificate | None = None
+    der: bytes,
+    *,
+    ca_depth: int | None,
+    source: str = "tls",
+    cert: x509.Certificate | None = None,
+    anchor_x5t: str | None = None,
 ) -> CertFacts:
     """Parse a DER certificate (raises ``ValueError`` when it is not one)."""
     if cert is None:
@@ -81,6 +97,7 @@ def parse_cert_facts(
         serial=cert.serial_number,
         usage_ok=_usage_ok(cert),
         ca_depth=ca_depth,
+        anchor_x5t=anchor_x5t,
     )
 
 
@@ -93,12 +110,15 @@ class CertificateChecker:
         crl: CrlStore | None = None,
         max_chain_depth: int = 4,
         require_client_auth_usage: bool = True,
+        on_stale_crl: Literal["refuse", "warn"] = "refuse",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._crl = crl if crl is not None and crl.enabled else None
         self._max_depth = max_chain_depth
         self._require_usage = require_client_auth_usage
+        self._refuse_stale = on_stale_crl == "refuse"
         self._clock = clock
+        self._last_stale_log = -math.inf
 
     def check(self, facts: CertFacts) -> PeerCertificate:
         now = self._clock()
@@ -110,6 +130,19 @@ class CertificateChecker:
             raise InvalidTokenError(_REJECTED, reason="client_cert_usage")
         if facts.ca_depth is not None and facts.ca_depth > self._max_depth:
             raise InvalidTokenError(_REJECTED, reason="client_cert_chain_too_long")
-        if self._crl is not None and self._crl.is_revoked(facts.issuer, facts.serial):
-            raise InvalidTokenError(_REJECTED, reason="client_cert_revoked")
+        if self._crl is not None:
+            if self._crl.is_revoked(facts.issuer, facts.serial):
+                raise InvalidTokenError(_REJECTED, reason="client_cert_revoked")
+            if self._crl.is_stale(facts.issuer, now):
+                self._stale(facts.issuer)
         return facts.peer
+
+    def _stale(self, issuer: str) -> None:
+        mono = time.monotonic()
+        if mono - self._last_stale_log >= _STALE_LOG_EVERY_S:
+            self._last_stale_log = mono
+            log.log(logging.ERROR if self._refuse_stale else logging.WARNING,
+                    "client certificate %s: its issuer's CRL is past nextUpdate (%s)",
+                    "refused" if self._refuse_stale else "accepted (on_stale_crl: warn)", issuer)
+        if self._refuse_stale:
+            raise RevocationDataStaleError("revocation status unavailable")

@@ -27,11 +27,13 @@ from multidict import istr
 
 from ..config.mtls import ClientCertConfig
 from ..config.schema import GatewayConfig
+from ..errors import ClientCertificateRefusedError, InvalidTokenError
 from ..model import PeerCertificate
-from .checks import CertificateChecker
+from .checks import CertFacts, CertificateChecker
 from .crl import CrlStore
 from .front_proxy import FrontProxy
-from .peer import tls_peer_facts
+from .peer import per_connection, presented_chain, tls_peer_facts
+from .pinning import pin_violation
 from .reload import ContextBuilder, TlsContextManager
 from .upstream import upstream_cert_header
 
@@ -71,7 +73,11 @@ class ClientCertificates:
             crl=self.crl,
             max_chain_depth=certs.max_chain_depth,
             require_client_auth_usage=certs.require_client_auth_usage,
+            on_stale_crl=certs.on_stale_crl,
         )
+        if certs.crl_files and certs.on_stale_crl == "warn":
+            log.warning("client_certs.on_stale_crl is warn: certificates are accepted on CRLs past "
+                        "their nextUpdate (revocations published since are missed)")
         self.front = FrontProxy(certs.front_proxy) if certs.front_proxy else None
         watched = list(CERT_HEADERS)
         if self.front is not None:
@@ -85,18 +91,38 @@ class ClientCertificates:
         tls = cfg.listen.tls
         # Also without client auth: server certificate rotation still needs the reloader.
         self.tls = TlsContextManager(tls, certs, build=build_context) if tls is not None else None
+        self._pinning = self.tls is not None and certs.self_signed is not None
 
     @property
     def listening_context(self) -> ssl.SSLContext | None:
         """For ``web.TCPSite(ssl_context=...)``; None when the listener is plain HTTP."""
         return self.tls.listening_context if self.tls is not None else None
 
-    def peer_certificate(self, request: web.BaseRequest) -> PeerCertificate | None:
-        """The client certificate to bind tokens to, or None. Raises 400 (malformed trusted header)
-        or 401 ``invalid_token`` (expired, revoked, wrong usage, chain too long)."""
+    def peer_certificate(self, request: web.BaseRequest, *, authenticates: bool = True) -> PeerCertificate | None:
+        """The client certificate to bind tokens to, or None. Raises 400 (malformed trusted header),
+        503 (CRL past nextUpdate) or 401 ``invalid_token`` (expired, revoked, wrong usage, chain too
+        long, not a registration's own), which is 403 on a route that does not ``authenticate``.
+
+        A refused certificate is refused on every route, as the handshake would have refused it;
+        a route without auth has no challenge for a 401, so it answers 403 (RFC 9110 §15.5.2/4)."""
+        try:
+            return self._peer_certificate(request)
+        except InvalidTokenError as exc:
+            if authenticates:
+                raise
+            raise ClientCertificateRefusedError(exc.description, reason=exc.reason) from None
+
+    def _peer_certificate(self, request: web.BaseRequest) -> PeerCertificate | None:
         tls = tls_peer_facts(request)
+        if tls is not None and self._pinning:
+            # Before the front-proxy decision: the proxy's own certificate is held to it too.
+            self._check_pinned(request, tls)
         front = self.front
         if front is not None and front.is_trusted(request.remote, tls):
+            if tls is not None:
+                # The proxy's own certificate passes the same checks: a revoked or expired ingress
+                # certificate vouches for no one.
+                self.checker.check(tls)
             facts = front.certificate(request.headers)
             return self.checker.check(facts) if facts is not None else None
         headers = request.headers
@@ -105,6 +131,20 @@ class ClientCertificates:
                 self._untrusted(name, request.remote)
                 break
         return self.checker.check(tls) if tls is not None else None
+
+    def _check_pinned(self, request: web.BaseRequest, facts: CertFacts) -> None:
+        tls = self.tls
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if tls is None or ssl_object is None:
+            return  # no handshake of ours, so no facts either
+
+        def verdict() -> str | None:
+            return pin_violation(facts, tls.pins_for(ssl_object.context), lambda: presented_chain(ssl_object))
+
+        reason = per_connection(ssl_object, "_gateway_pin_violation", verdict)
+        if reason is not None:
+            raise InvalidTokenError("client certificate not accepted", reason=reason)
 
     def _untrusted(self, header: str, remote: str | None) -> None:
         if self._on_untrusted is not None:

@@ -6,7 +6,11 @@ AES-GCM suites; TLS 1.3 allowed with OpenSSL's defaults (all AEAD); TLS 1.0/1.1 
 renegotiation; no compression.
 
 Python's ``ssl`` only accepts a client certificate it can verify, so self-signed client
-certificates (RFC 8705 §2.2) must be passed in as extra trust anchors.
+certificates (RFC 8705 §2.2) must be passed in as extra trust anchors. Client certificates are
+verified with ``VERIFY_X509_STRICT`` (RFC 5280 rules OpenSSL otherwise relaxes): above all, an
+issuer must carry ``basicConstraints cA=TRUE``, so a trust anchor without it (a registered
+self-signed certificate, a v1 or keyCertSign-only legacy root) can never vouch for another
+certificate. ``client_certs.x509_strict: false`` turns that off for legacy PKIs (logged).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ _VERIFY = {
 
 
 def build_server_context(
-    tls: ListenerTls, *, extra_trust_anchors_pem: Iterable[str] = ()
+    tls: ListenerTls, *, extra_trust_anchors_pem: Iterable[str] = (), x509_strict: bool = True
 ) -> ssl.SSLContext:
     """A server context for ``tls``; raises ``ssl.SSLError``/``OSError`` on unusable files."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -51,6 +55,8 @@ def build_server_context(
     ctx.load_cert_chain(tls.cert, tls.key)
     ctx.verify_mode = _VERIFY[tls.client_auth]
     if tls.client_auth != "none":
+        if x509_strict:
+            ctx.verify_flags |= ssl.VERIFY_X509_STRICT
         for bundle in tls.client_ca:
             ctx.load_verify_locations(cafile=bundle)
         anchors = "\n".join(extra_trust_anchors_pem)

@@ -9,6 +9,11 @@ RFC 8705 §6.5 leaves the proxy-to-gateway channel out of scope; RFC 9700 §4.13
 such headers be honoured only from the authenticated hop. So a header counts only when the peer
 is trusted (source address and/or the proxy's own TLS certificate); anyone else's copy is ignored
 (and stripped by the proxy stage). A trusted proxy's malformed header is 400, never a 500.
+
+The proxy's certificate is best pinned by thumbprint (``x5t_s256``): exactly one certificate. A
+subject DN names whatever any trusted issuer puts in a certificate, so DN trust is logged as a
+warning at start-up and only counts for a CA-issued certificate, never for a self-signed one (a
+client's registered self-signed certificate can carry any DN it likes).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import logging
 import math
 import re
 from urllib.parse import unquote
@@ -38,6 +44,8 @@ __all__ = (
     "parse_url_pem",
     "parse_xfcc",
 )
+
+log = logging.getLogger(__name__)
 
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
 _WS = re.compile(r"\s+")
@@ -186,6 +194,13 @@ class FrontProxy:
         self._nets = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.trusted_cidrs)
         self._x5ts = frozenset(i.x5t_s256 for i in cfg.trusted_identities if i.x5t_s256)
         self._subjects = frozenset(i.subject for i in cfg.trusted_identities if i.subject)
+        if self._subjects:
+            log.warning(
+                "client_certs.front_proxy.trusted_identities: %d entr%s trust the front proxy by subject DN; "
+                "any CA in listen.tls.client_ca can issue that DN. Prefer x5t_s256 (the SHA-256 "
+                "thumbprint of the proxy's certificate)",
+                len(self._subjects), "y" if len(self._subjects) == 1 else "ies",
+            )
         self._by_remote: TTLCache[str, bool] = TTLCache(maxsize=4096, ttl=300)
         # Header value(s) -> facts, or None for a value known to be malformed.
         self._parsed: TTLCache[tuple[str, str | None], CertFacts | None] = TTLCache(maxsize=4096, ttl=300)
@@ -213,7 +228,12 @@ class FrontProxy:
             return True
         if proxy_tls is None:
             return False
-        return proxy_tls.peer.x5t_s256 in self._x5ts or proxy_tls.subject in self._subjects
+        if proxy_tls.peer.x5t_s256 in self._x5ts:
+            return True
+        # DN only for a certificate a CA issued: not self-issued, and at least one CA above it in
+        # the verified chain when that is known (a resumed session has none).
+        issued = proxy_tls.issuer != proxy_tls.subject and (proxy_tls.ca_depth is None or proxy_tls.ca_depth >= 1)
+        return issued and proxy_tls.subject in self._subjects
 
     def is_trusted(self, remote: str | None, proxy_tls: CertFacts | None) -> bool:
         """Both configured conditions hold: source address in range AND the proxy's own cert matches."""

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,19 +33,23 @@ from ..config.schema import ListenerTls
 from ..tasks import stop_tasks
 from .anchors import TrustAnchorSet
 from .crl import FileStamp, file_stamp
+from .pinning import NO_PINS, Pins
 
 __all__ = ("ContextBuilder", "TlsContextManager")
 
 log = logging.getLogger(__name__)
 
-# build_server_context(tls, extra_trust_anchors_pem=[pem, ...]) -> SSLContext
+# build_server_context(tls, extra_trust_anchors_pem=[pem, ...], x509_strict=...) -> SSLContext
 ContextBuilder = Callable[[ListenerTls, Sequence[str]], ssl.SSLContext]
 
 
-def _default_builder(tls: ListenerTls, anchors: Sequence[str]) -> ssl.SSLContext:
+def _default_builder(x509_strict: bool) -> ContextBuilder:
     from .context import build_server_context
 
-    return build_server_context(tls, extra_trust_anchors_pem=anchors)
+    def build(tls: ListenerTls, anchors: Sequence[str]) -> ssl.SSLContext:
+        return build_server_context(tls, extra_trust_anchors_pem=anchors, x509_strict=x509_strict)
+
+    return build
 
 
 class TlsContextManager:
@@ -58,7 +63,13 @@ class TlsContextManager:
         build: ContextBuilder | None = None,
     ) -> None:
         self._tls = tls
-        self._build = build or _default_builder
+        if not certs.x509_strict and tls.client_auth != "none":
+            log.warning("client_certs.x509_strict is false: client certificate chains are verified "
+                        "without VERIFY_X509_STRICT (legacy PKI opt-in)")
+        self._build = build or _default_builder(certs.x509_strict)
+        # The registrations each context was built with (a connection keeps the context it
+        # started on, so its pins are that context's, not the newest ones).
+        self._pins: weakref.WeakKeyDictionary[ssl.SSLContext, Pins] = weakref.WeakKeyDictionary()
         self._interval_s = certs.watch_interval_s
         self._anchors = TrustAnchorSet(certs.self_signed) if certs.self_signed else None
         self._jwks_interval_s = certs.self_signed.refresh_interval_s if certs.self_signed else 0.0
@@ -68,6 +79,7 @@ class TlsContextManager:
             self._anchors.load_directory()  # start-up: blocking is fine, nothing serves yet
         self._anchor_fp = self._anchors.fingerprint() if self._anchors else frozenset()
         ctx = self._build(tls, self._anchor_pem())
+        self._current_pins = self._pins[ctx] = self._make_pins()
         ctx.sni_callback = self._on_client_hello
         self._listening = ctx
         self._current = ctx
@@ -84,6 +96,17 @@ class TlsContextManager:
     @property
     def current_context(self) -> ssl.SSLContext:
         return self._current
+
+    def pins_for(self, ctx: ssl.SSLContext | None) -> Pins:
+        """The self-signed registrations ``ctx`` trusts (the current ones if ``ctx`` is not ours)."""
+        if ctx is not None:
+            pins = self._pins.get(ctx)
+            if pins is not None:
+                return pins
+        return self._current_pins
+
+    def _make_pins(self) -> Pins:
+        return Pins(self._anchors.all()) if self._anchors is not None else NO_PINS
 
     def _on_client_hello(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> int | None:
         current = self._current
@@ -130,6 +153,9 @@ class TlsContextManager:
         async with self._lock:
             fp = self._anchors.fingerprint() if self._anchors else frozenset()
             pem = self._anchor_pem()
+            # Snapshot on the loop (the JWKS refresh mutates the set there); parse off it.
+            ders = self._anchors.all() if self._anchors is not None else {}
+            pins = await asyncio.to_thread(Pins, ders) if ders else NO_PINS
             try:
                 ctx = await asyncio.to_thread(self._build, self._tls, pem)
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -140,6 +166,7 @@ class TlsContextManager:
             if stamps[2:] != self._stamps[2:] or fp != self._anchor_fp:
                 # CA bundles or anchors changed (not just the server cert): see _on_client_hello.
                 self._trust_changed_at = int(time.time())
+            self._current_pins = self._pins[ctx] = pins
             self._current = ctx
             self._stamps = stamps
             self._anchor_fp = fp
