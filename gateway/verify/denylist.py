@@ -1,9 +1,9 @@
 """Denied signing keys and tokens (issue #13): the local view every request is checked against.
 
-Two layers: the config's ``revocation.deny`` list (replaced whole on reload) and the runtime
-denials made through the admin API (kept across reloads; mirrored from Redis by
-``gateway.revocation`` when several processes share one). Keys are ``(issuer name, kid|jti)``.
-Lookups are a dict probe each, and skipped entirely while nothing is denied.
+Two layers: the config's ``revocation.deny`` list (one per gateway state, replaced on reload) and
+the runtime denials made through the admin API (``SharedDenials``: carried across reloads, and
+mirrored from Redis by ``gateway.revocation`` when several processes share one). Keys are
+``(issuer name, kid|jti)``. A check is a dict probe per layer, skipped while nothing is denied.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..config.revocation import DenyEntry
 
-__all__ = ("Denials", "DenyList")
+__all__ = ("Denials", "DenyList", "SharedDenials")
 
 Key = tuple[str, str]
 
@@ -38,49 +38,59 @@ class Denials:
         return cls(frozenset(kids), jtis)
 
 
-_EMPTY = Denials()
+class SharedDenials:
+    """The runtime layer, replaced whole (readers never see a half-made change)."""
+
+    def __init__(self) -> None:
+        self.current = Denials()
+        self.version = 0  # moves when the denied kids change
+        self.flushes: dict[str, int] = {}  # per issuer: the last flush counter seen in Redis
+
+    def replace(self, denials: Denials) -> None:
+        if denials.kids != self.current.kids:
+            self.version += 1
+        self.current = denials
 
 
 class DenyList:
-    """``kid_denied`` / ``jti_denied`` on the hot path; ``version`` moves when a kid denial changes
-    (the JWKS caches drop denied keys from their usable set when it does)."""
+    """``kid_denied`` / ``jti_denied`` on the hot path; ``version`` moves when the denied kids
+    change (the JWKS caches then recompute their usable key set)."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        entries: Iterable[DenyEntry] = (),
+        *,
+        shared: SharedDenials | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
-        self.config: Denials = _EMPTY
-        self.runtime: Denials = _EMPTY
-        self.version = 0
-        self._kids: frozenset[Key] = frozenset()
-        self._has_jtis = False
-
-    def set_config(self, entries: Iterable[DenyEntry]) -> None:
         self.config = Denials.from_entries(entries)
-        self._rebuild()
+        self.shared = shared if shared is not None else SharedDenials()
 
-    def set_runtime(self, denials: Denials) -> None:
-        self.runtime = denials
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        kids = self.config.kids | self.runtime.kids
-        if kids != self._kids:
-            self._kids = kids
-            self.version += 1
-        self._has_jtis = bool(self.config.jtis) or bool(self.runtime.jtis)
+    @property
+    def version(self) -> int:
+        return self.shared.version
 
     def kid_denied(self, issuer: str, kid: str | None) -> bool:
-        return kid is not None and bool(self._kids) and (issuer, kid) in self._kids
+        if kid is None:
+            return False
+        key = (issuer, kid)
+        return key in self.config.kids or key in self.shared.current.kids
 
     def jti_denied(self, issuer: str, jti: str | None) -> bool:
-        if jti is None or not self._has_jtis:
+        if jti is None:
+            return False
+        config, runtime = self.config.jtis, self.shared.current.jtis
+        if not config and not runtime:
             return False
         key = (issuer, jti)
-        for layer in (self.runtime, self.config):
-            if key in layer.jtis:
-                until = layer.jtis[key]
+        for layer in (runtime, config):
+            if key in layer:
+                until = layer[key]
                 if until is None or until > self._clock():
                     return True
         return False
 
     def denied_kids(self, issuer: str) -> frozenset[str]:
-        return frozenset(kid for iss, kid in self._kids if iss == issuer)
+        kids = self.config.kids | self.shared.current.kids
+        return frozenset(kid for iss, kid in kids if iss == issuer)
