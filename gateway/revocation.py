@@ -96,6 +96,10 @@ class Revocation:
         self._redis: Any = None
         self._task: asyncio.Task[None] | None = None
         self._seen_version: bytes | None = None
+        self._synced = False  # a first successful read only records the flush counters
+        # Per state, not shared: a retiring state's sync loop must not consume a flush meant for
+        # the current state's caches.
+        self._flushes: dict[str, int] = {}
         prefix = self._cfg.redis_key_prefix
         self._k_kids, self._k_jtis = f"{prefix}kids", f"{prefix}jtis"
         self._k_flush, self._k_version = f"{prefix}flush", f"{prefix}version"
@@ -111,7 +115,7 @@ class Revocation:
             return
         self._redis = _redis_client(self._redis_cfg)
         # Denials made before this process started apply from its first request on.
-        await self._sync(initial=True)
+        await self._sync()
         self._task = asyncio.create_task(self._loop(), name="gateway-revocation-sync")
 
     async def close(self) -> None:
@@ -131,8 +135,9 @@ class Revocation:
         assert self._redis_cfg is not None
         return asyncio.timeout(self._redis_cfg.connect_timeout_s + self._redis_cfg.timeout_s + 0.5)
 
-    async def _sync(self, *, initial: bool = False) -> None:
+    async def _sync(self) -> None:
         """Reload the shared denials if another process changed them (a failure keeps the last copy)."""
+        initial = not self._synced
         try:
             async with self._timeout():
                 version = await self._redis.get(self._k_version)
@@ -146,6 +151,7 @@ class Revocation:
                         type(exc).__name__)
             return
         self._seen_version = version
+        self._synced = True
         now = self._clock()
         kid_set = {k for k in (_split(f) for f in kids) if k is not None}
         jti_map: dict[tuple[str, str], float | None] = {}
@@ -162,8 +168,8 @@ class Revocation:
                 n = int(count)
             except ValueError:
                 continue
-            previous = shared.flushes.get(issuer)
-            shared.flushes[issuer] = n
+            previous = self._flushes.get(issuer)
+            self._flushes[issuer] = n
             # At start-up only the counters are recorded: there is nothing cached to drop yet.
             if not initial and (previous is None or n > previous) and issuer in self.tokens.issuers:
                 log.info("revocation: issuer %s flushed by another process", issuer)
@@ -181,7 +187,7 @@ class Revocation:
         if self._redis is not None:
             async def publish() -> None:
                 n = await self._redis.hincrby(self._k_flush, issuer, 1)
-                self.denylist.shared.flushes[issuer] = int(n)  # ours: the sync loop need not repeat it
+                self._flushes[issuer] = int(n)  # ours: the sync loop need not repeat it
                 await self._redis.incr(self._k_version)
             await self._publish(publish)
         loaded = await self.tokens.flush(issuer)

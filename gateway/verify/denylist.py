@@ -44,7 +44,6 @@ class SharedDenials:
     def __init__(self) -> None:
         self.current = Denials()
         self.version = 0  # moves when the denied kids change
-        self.flushes: dict[str, int] = {}  # per issuer: the last flush counter seen in Redis
 
     def replace(self, denials: Denials) -> None:
         if denials.kids != self.current.kids:

@@ -286,3 +286,53 @@ async def test_denial_reaches_every_replica_through_redis(
     client = redis.asyncio.Redis.from_url(redis_url)
     await client.delete(*[f"{redis_key_prefix}revocation:{k}" for k in ("kids", "jtis", "flush", "version")])
     await client.aclose()
+
+
+async def test_deny_list_hot_reload_keeps_runtime_denials(pki: Pki, auth_server: AuthServer, upstream: Upstream,
+                                                          tmp_path: Any) -> None:
+    """A reload applies the file's deny list (both ways) and keeps the denials made through the API."""
+    from gateway.config import load_config
+
+    path = tmp_path / "gw.yaml"
+    plain = gateway_yaml(pki, body(auth_server, pki, upstream)).replace(
+        ADMIN_LINE, f'admin: {{host: 127.0.0.1, port: 0, token: "{ADMIN_TOKEN}"}}')
+    path.write_text(plain)
+    gw = GatewayServer(load_config(path), config_path=str(path))
+    await gw.start()
+    try:
+        rsa_tok, runtime_tok = auth_server.token("rsa-1"), auth_server.token("ec-1", jti="runtime-1")
+        assert (await api(gw, "POST", "/admin/revocation/deny", {"issuer": "bank-as", "jti": "runtime-1"}))[0] == 200
+        assert (await get(gw, pki, rsa_tok))[0] == 200
+        path.write_text(plain + "\nrevocation:\n  deny:\n    - {issuer: bank-as, kid: rsa-1}\n")
+        assert await gw.reload()
+        assert (await get(gw, pki, rsa_tok))[0] == 401
+        assert (await get(gw, pki, runtime_tok))[0] == 401
+        assert (await get(gw, pki, auth_server.token("ec-1")))[0] == 200
+        path.write_text(plain)
+        assert await gw.reload()
+        assert (await get(gw, pki, rsa_tok))[0] == 200
+        assert (await get(gw, pki, runtime_tok))[0] == 401
+    finally:
+        await gw.stop()
+
+
+async def test_redis_down_denial_still_enforced_here(gateway: GatewayFactory, pki: Pki, auth_server: AuthServer,
+                                                     upstream: Upstream, own_redis: Any) -> None:
+    """Redis unreachable: the API says 503 (retry), but this process enforces the denial at once."""
+    extra = f"""
+    dpop:
+      replay: {{backend: redis, redis: {{url: "{own_redis.url}", timeout_s: 0.2, connect_timeout_s: 0.2}}}}
+    revocation: {{sync_interval_s: 0.1}}
+    """
+    gw = await start(gateway, pki, body(auth_server, pki, upstream, extra))
+    tok = auth_server.token("ec-1", jti="during-outage")
+    assert (await get(gw, pki, tok))[0] == 200
+    own_redis.stop()
+    status, doc = await api(gw, "POST", "/admin/revocation/deny", {"issuer": "bank-as", "jti": "during-outage"})
+    assert status == 503 and doc["error"] == "store_unavailable"
+    assert (await get(gw, pki, tok))[0] == 401
+    await asyncio.sleep(0.3)  # failed syncs keep the last copy
+    assert (await get(gw, pki, tok))[0] == 401
+    own_redis.start()
+    status, doc = await api(gw, "POST", "/admin/revocation/deny", {"issuer": "bank-as", "jti": "during-outage"})
+    assert status == 200 and doc["store"] == "redis"

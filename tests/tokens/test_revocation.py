@@ -190,3 +190,45 @@ def test_introspect_always_needs_an_introspection_endpoint() -> None:
                       "{method: client_secret_basic, client_id: gw, client_secret: s}}}")
     assert ok.routes[0].auth.introspect == "always"  # type: ignore[union-attr]
     assert AUD
+
+
+async def test_introspect_always_through_the_gateway(gateway: Any, auth_server: AuthServer, pki: Any,
+                                                     upstream: Any) -> None:
+    """Payments introspects every JWT (cache_ttl_s 0: each revocation at once); accounts does not."""
+    import aiohttp
+
+    gw = await gateway(f"""
+    issuers:
+      - name: bank-as
+        issuer: {auth_server.issuer}
+        jwks_uri: {auth_server.url}/jwks
+        ca: {pki.ca_pem}
+        introspection:
+          endpoint: {auth_server.url}/introspect
+          cache_ttl_s: 0
+          client_auth: {{method: client_secret_basic, client_id: gateway, client_secret: "s3cret:+/="}}
+    routes:
+      - id: payments
+        match: {{path_prefix: /payments}}
+        upstream: {upstream.url}
+        auth: {{issuers: [bank-as], audience: {AUD}, sender_constraint: none, introspect: always}}
+      - id: accounts
+        match: {{path_prefix: /accounts}}
+        upstream: {upstream.url}
+        auth: {{issuers: [bank-as], audience: {AUD}, sender_constraint: none}}
+    """)
+    tok = auth_server.token("ec-1")
+    active_for(auth_server, tok)
+
+    async def status(path: str) -> int:
+        async with aiohttp.ClientSession() as s, s.get(
+            f"https://localhost:{gw.port}{path}", ssl=pki.client_context(),
+            headers={"Authorization": f"Bearer {tok}"},
+        ) as r:
+            return r.status
+
+    assert await status("/payments/1") == 200 and await status("/accounts/1") == 200
+    assert auth_server.introspection_calls == 1
+    auth_server.tokens[tok] = {"active": False}
+    assert await status("/payments/1") == 401
+    assert await status("/accounts/1") == 200  # a local-only route: until exp (documented)
