@@ -30,7 +30,7 @@ from .errors import InvalidTokenError, MissingCredentialsError
 from .strictjson import STRICT_JSON
 
 if TYPE_CHECKING:
-    from .revocation import Revocation
+    from .revocation import Kind, Revocation
 
 __all__ = ("Readiness", "build_admin_app")
 
@@ -156,7 +156,7 @@ def _revocation_routes(
         log_action(request, action, "ok", store=outcome.store, **logged)
         return _json(200, {"status": "ok", "store": outcome.store, **outcome.detail})
 
-    def one_of(tgt: _Target) -> tuple[str, str]:
+    def one_of(tgt: _Target) -> tuple[Kind, str]:
         if (tgt.kid is None) == (tgt.jti is None):
             raise ValueError("name exactly one of kid or jti")
         return ("kid", tgt.kid) if tgt.kid is not None else ("jti", tgt.jti or "")
@@ -173,13 +173,13 @@ def _revocation_routes(
         kind, value = one_of(tgt)
         if tgt.ttl_s is not None and (kind == "kid" or tgt.ttl_s > rev.max_jti_ttl_s):
             raise ValueError(f"ttl_s: jti denials only, at most {rev.max_jti_ttl_s:g} (revocation.max_jti_ttl_s)")
-        return await rev.deny(tgt.issuer, kind, value, tgt.ttl_s)  # type: ignore[arg-type]
+        return await rev.deny(tgt.issuer, kind, value, tgt.ttl_s)
 
     async def allow(rev: Revocation, tgt: _Target) -> Any:
         kind, value = one_of(tgt)
         if tgt.ttl_s is not None:
             raise ValueError("allow takes no ttl_s")
-        return await rev.allow(tgt.issuer, kind, value)  # type: ignore[arg-type]
+        return await rev.allow(tgt.issuer, kind, value)
 
     async def flush_handler(request: web.Request) -> web.Response:
         return await run(request, "flush", flush, described)

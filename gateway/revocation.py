@@ -28,7 +28,7 @@ from .tasks import stop_tasks
 from .verify import AccessTokenVerifier
 from .verify.denylist import Denials, DenyList, SharedDenials
 
-__all__ = ("DenyListFullError", "Revocation", "RevocationStoreError", "UnknownIssuerError", "build_denylist")
+__all__ = ("DenyListFullError", "Kind", "Revocation", "RevocationStoreError", "UnknownIssuerError", "build_denylist")
 
 log = logging.getLogger("gateway.revocation")
 
@@ -217,14 +217,14 @@ class Revocation:
             return Outcome(self.store, detail)
 
         async def make_room() -> None:
+            hash_key, limit = (self._k_kids, self._cfg.max_denied_kids) if kind == "kid" else (
+                self._k_jtis, self._cfg.max_denied_jtis)
             if kind == "jti":
                 await self._purge_expired_jtis(now)
-                if await self._redis.hlen(self._k_jtis) >= self._cfg.max_denied_jtis and not (
-                    await self._redis.hexists(self._k_jtis, _field(issuer, value))
-                ):
-                    raise DenyListFullError("jti")
-            elif await self._redis.hlen(self._k_kids) >= self._cfg.max_denied_kids:
-                raise DenyListFullError("kid")
+            if await self._redis.hlen(hash_key) >= limit and not (
+                await self._redis.hexists(hash_key, _field(issuer, value))
+            ):
+                raise DenyListFullError(kind)
 
         async def publish() -> None:
             if kind == "kid":
@@ -284,7 +284,8 @@ class Revocation:
                       type(exc).__name__)
             raise RevocationStoreError(type(exc).__name__) from None
 
-    def listing(self) -> dict[str, Any]:
+    def listing(self, limit: int = 10_000) -> dict[str, Any]:
+        """The denials in force (at most ``limit`` jtis listed; ``jtis_total`` counts them all)."""
         now = self._clock()
         config, runtime = self.denylist.config, self.denylist.shared.current
         kids = [{"issuer": i, "kid": k, "source": "config"} for i, k in sorted(config.kids)]
@@ -295,4 +296,4 @@ class Revocation:
             for (i, j), u in sorted(layer.jtis.items())
             if u is None or u > now
         ]
-        return {"store": self.store, "kids": kids, "jtis": jtis}
+        return {"store": self.store, "kids": kids, "jtis": jtis[:limit], "jtis_total": len(jtis)}
