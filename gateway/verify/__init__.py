@@ -173,14 +173,6 @@ class AccessTokenVerifier:
             self._routes[key] = found
         return found
 
-    def _still_good(self, entry: _Cached) -> bool:
-        rt = entry.rt
-        return (
-            entry.epoch == rt.epoch
-            and rt.jwks is not None
-            and rt.jwks.has_key(entry.key)  # key withdrawn, replaced, stale or its kid denied: re-verify
-        )
-
     def _check_denied(self, rt: IssuerRuntime, result: VerifiedToken) -> None:
         if self.denylist.jti_denied(rt.cfg.name, result.jti):
             raise _revoked()
@@ -222,12 +214,15 @@ class AccessTokenVerifier:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         entry = self.token_cache.get(digest)
         if entry is not None and entry.token.issuer in route.accepted:
-            if self._still_good(entry):
-                self._check_denied(entry.rt, entry.token)
+            rt, cached = entry.rt, entry.token
+            # Inlined (the hot path): same flush epoch, key still usable, jti not denied.
+            if entry.epoch == rt.epoch and rt.jwks is not None and rt.jwks.has_key(entry.key):
+                if self.denylist.jti_denied(rt.cfg.name, cached.jti):
+                    raise _revoked()
                 if route.always:
-                    await self._also_introspect(token, digest, entry.rt, entry.token)
-                return entry.token
-            self.token_cache.pop(digest, None)
+                    await self._also_introspect(token, digest, rt, cached)
+                return cached
+            self.token_cache.pop(digest, None)  # its key was withdrawn, replaced, denied or went stale
         if looks_like_jws(token):
             try:
                 jws = parse_compact(token)

@@ -131,7 +131,10 @@ class JwksCache:
     ) -> None:
         self._cfg = cfg
         self._denylist = denylist
-        self._usable: tuple[KeySet | None, int, KeySet | None] = (None, -1, None)
+        # The usable key set (denied kids removed) and the deny-list version it was made for.
+        self._usable: KeySet | None = None
+        self._usable_version = -1
+        self._fresh_until = 0.0  # loaded_at + jwks_max_stale_s
         self._on_fetch = on_fetch
         self._http = http
         self._discovery = discovery
@@ -177,21 +180,26 @@ class JwksCache:
         return self.last_load_ok
 
     def has_key(self, fingerprint: bytes) -> bool:
-        """Is this key still usable: in the current key set, not stale, its kid not denied?"""
+        """Is this key still usable: in the current key set, not stale, its kid not denied?
+        (Every cache hit asks: one clock read, one int compare, one set probe.)"""
         keys = self._current()
         return keys is not None and fingerprint in keys.fingerprints
 
     def _current(self) -> KeySet | None:
-        if self._keys is None or self._clock() - self._loaded_at > self._cfg.jwks_max_stale_s:
+        if self._usable is None or self._clock() > self._fresh_until:
             return None
-        if self._denylist is None:
-            return self._keys
-        # The usable set, recomputed only when the keys or the denied kids change.
-        raw, version, usable = self._usable
-        if raw is not self._keys or version != self._denylist.version:
-            usable = self._keys.without_kids(self._denylist.denied_kids(self._cfg.name))
-            self._usable = (self._keys, self._denylist.version, usable)
-        return usable
+        if self._denylist is not None and self._denylist.version != self._usable_version:
+            self._set_usable()
+        return self._usable
+
+    def _set_usable(self) -> None:
+        """Recomputed only when the keys or the denied kids change."""
+        keys, denylist = self._keys, self._denylist
+        if keys is None or denylist is None:
+            self._usable = keys
+            return
+        self._usable = keys.without_kids(denylist.denied_kids(self._cfg.name))
+        self._usable_version = denylist.version
 
     async def _refresh(self, *, force: bool) -> None:
         if self._inflight is None:
@@ -237,6 +245,8 @@ class JwksCache:
             self._on_fetch(True)
         self._keys = keys
         self._loaded_at = self._clock()
+        self._fresh_until = self._loaded_at + self._cfg.jwks_max_stale_s
+        self._set_usable()
         self.last_load_ok = True
 
     async def _refresh_loop(self) -> None:
