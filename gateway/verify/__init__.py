@@ -214,13 +214,13 @@ class AccessTokenVerifier:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         entry = self.token_cache.get(digest)
         if entry is not None and entry.token.issuer in route.accepted:
-            rt, cached = entry.rt, entry.token
+            hit, cached = entry.rt, entry.token
             # Inlined (the hot path): same flush epoch, key still usable, jti not denied.
-            if entry.epoch == rt.epoch and rt.jwks is not None and rt.jwks.has_key(entry.key):
-                if self.denylist.jti_denied(rt.cfg.name, cached.jti):
+            if entry.epoch == hit.epoch and hit.jwks is not None and hit.jwks.has_key(entry.key):
+                if self.denylist.jti_denied(hit.cfg.name, cached.jti):
                     raise _revoked()
                 if route.always:
-                    await self._also_introspect(token, digest, rt, cached)
+                    await self._also_introspect(token, digest, hit, cached)
                 return cached
             self.token_cache.pop(digest, None)  # its key was withdrawn, replaced, denied or went stale
         if looks_like_jws(token):
