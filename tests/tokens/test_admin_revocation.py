@@ -79,7 +79,8 @@ def text(auth_server: AuthServer, pki: Pki, upstream: Upstream) -> str:
 
 async def test_deny_a_jti(gateway: GatewayFactory, pki: Pki, auth_server: AuthServer, text: str,
                           caplog: pytest.LogCaptureFixture) -> None:
-    """A leaked token: accepted (and cached), denied by jti -> 401 invalid_token at once; others pass."""
+    """JWT-15 (denylist by jti): a leaked token, accepted (and cached), denied -> 401 invalid_token at
+    once; others pass. OPS-01: the audit log names the jti, never the admin secret."""
     gw = await start(gateway, pki, text)
     leaked, other = auth_server.token("ec-1", jti="leaked-1"), auth_server.token("ec-1", jti="fine-1")
     assert (await get(gw, pki, leaked))[0] == 200
@@ -101,8 +102,8 @@ async def test_deny_a_jti(gateway: GatewayFactory, pki: Pki, auth_server: AuthSe
 
 
 async def test_deny_a_kid(gateway: GatewayFactory, pki: Pki, auth_server: AuthServer, text: str) -> None:
-    """An AS signing key leaked: every token signed with it is refused, even cached ones and even
-    while the AS still publishes the key; tokens of the other keys pass."""
+    """OPS-06: an AS signing key leaked: every token signed with it is refused, even cached ones and
+    even while the AS still publishes the key; tokens of the other keys pass."""
     gw = await start(gateway, pki, text)
     ec_tok, rsa_tok = auth_server.token("ec-1"), auth_server.token("rsa-1")
     assert (await get(gw, pki, ec_tok))[0] == 200
@@ -248,7 +249,7 @@ async def test_denial_reaches_every_replica_through_redis(
     gateway: GatewayFactory, pki: Pki, auth_server: AuthServer, upstream: Upstream,
     redis_url: str, redis_key_prefix: str,
 ) -> None:
-    """Two gateways sharing the Redis replay store: a denial made on one is enforced by the other."""
+    """OPS-02a: two gateways sharing the Redis replay store: a denial made on one is enforced by the other."""
     extra = f"""
     dpop:
       replay: {{backend: redis, redis: {{url: "{redis_url}", key_prefix: "{redis_key_prefix}jti:"}}}}

@@ -41,7 +41,7 @@ async def wait_for_fetches(auth_server: AuthServer, n: int) -> None:
 async def test_cached_token_refused_once_its_kid_leaves_the_jwks(
     auth_server: AuthServer, issuer_cfg: IssuerFactory, make_verifier: Any
 ) -> None:
-    """Issue #13: accept (cached), the AS drops the key, the background refresh sees it: refused."""
+    """Issue #13 / OPS-06: accept (cached), the AS drops the key, the background refresh sees it: refused."""
     v = await make_verifier(issuer_cfg(jwks_refresh_s=0.05))
     tok = auth_server.token("ec-1")
     other = auth_server.token("rsa-1")
@@ -115,8 +115,8 @@ def active_for(auth_server: AuthServer, token: str, **extra: Any) -> None:
 async def test_introspect_always_revokes_a_jwt(
     auth_server: AuthServer, jwt_and_introspection: IssuerConfig, make_verifier: Any, clock: FakeClock
 ) -> None:
-    """A JWT on an ``introspect: always`` route: verified locally AND active at the AS; once the AS
-    revokes it, it is refused within the introspection cache TTL."""
+    """JWT-15 / INTR-09: a JWT on an ``introspect: always`` route: verified locally AND active at the
+    AS; once the AS revokes it, it is refused within the introspection cache TTL."""
     v = await make_verifier(jwt_and_introspection)
     tok = auth_server.token("ec-1")
     active_for(auth_server, tok)
@@ -194,7 +194,7 @@ def test_introspect_always_needs_an_introspection_endpoint() -> None:
 
 async def test_introspect_always_through_the_gateway(gateway: Any, auth_server: AuthServer, pki: Any,
                                                      upstream: Any) -> None:
-    """Payments introspects every JWT (cache_ttl_s 0: each revocation at once); accounts does not."""
+    """INTR-09: payments introspects every JWT (cache_ttl_s 0: each revocation at once); accounts does not."""
     import aiohttp
 
     gw = await gateway(f"""
