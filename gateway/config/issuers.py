@@ -16,6 +16,10 @@ Secrets are written as ``${VAR}`` so they stay out of the file.
           client_auth: {method: private_key_jwt, client_id: gateway, private_key: /etc/gateway/as-key.pem,
                         private_key_alg: ES256}
           cache_ttl_s: 60                          # 0 for routes that need every revocation at once
+        jwks_max_stale_s: 3600                     # last good keys while the JWKS is down (max 6 h)
+
+An ``introspection:`` block is allowed in mode ``jwt`` too: routes with ``auth.introspect: always``
+then introspect this issuer's JWTs (after verifying them locally), other routes do not.
 """
 
 from __future__ import annotations
