@@ -73,8 +73,7 @@ class _Cached:
 
     token: VerifiedToken
     rt: IssuerRuntime
-    kid: str | None
-    key: bytes  # fingerprint of the verifying key
+    key: bytes  # fingerprint of the verifying key (a denied kid's keys are not usable either)
     epoch: int
 
 
@@ -242,7 +241,7 @@ class AccessTokenVerifier:
                     self._check_denied(rt, result)
                     if route.always:
                         await self._also_introspect(token, digest, rt, result)
-                    self.token_cache[digest] = _Cached(result, rt, kid, key.fingerprint, epoch)
+                    self.token_cache[digest] = _Cached(result, rt, key.fingerprint, epoch)
                     return result
                 if not route.introspect_jwts:
                     raise InvalidTokenError(
