@@ -40,6 +40,7 @@ from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
 from .proxy.forward import Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS
+from .revocation import Revocation, build_denylist
 from .routing import Route, Router, check_path
 from .tls.clientcerts import ClientCertificates
 from .tls.names import hostname, server_names
@@ -76,8 +77,9 @@ def build_pipeline(
     from .policy import check_policy, identity_header_names
     from .verify import AccessTokenVerifier
 
-    tokens = AccessTokenVerifier(cfg.issuers, events=metrics)
+    tokens = AccessTokenVerifier(cfg.issuers, events=metrics, denylist=build_denylist(cfg, previous))
     lifecycles.append(tokens)  # loads metadata + JWKS before serving; closes HTTP sessions
+    lifecycles.append(Revocation(cfg, tokens))  # the admin kill switch (issue #13); Redis sync
     injected = identity_header_names(route.auth for route in cfg.routes)
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy)
     return pipeline, lifecycles, injected
@@ -124,6 +126,7 @@ class GatewayState:
         self.router = Router(cfg)
         self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics, previous)
         self.replay_store = next((lc.replay for lc in self._lifecycles if hasattr(lc, "replay")), None)
+        self.revocation = next((lc for lc in self._lifecycles if isinstance(lc, Revocation)), None)
         # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS
         # context. A running server owns one for its listener and lends it to every state it builds,
         # so a config reload never detaches the listener's context from its watcher.

@@ -159,7 +159,8 @@ class GatewayServer:
         if not cfg.observability.metrics.enabled:
             def render() -> bytes:
                 return b"# metrics disabled (observability.metrics.enabled: false)\n"
-        admin = build_admin_app(self.readiness, render)
+        admin = build_admin_app(self.readiness, render, token=cfg.admin.token,
+                                revocation=lambda: self.holder.current.revocation)
         self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self._admin_runner.setup()
         admin_site = web.TCPSite(

@@ -12,6 +12,8 @@
       required_claims: {acr: [urn:bank:sca]}      # optional claim values (one of the listed)
       sender_constraint: dpop                     # dpop | mtls | any | none
       require_dpop_nonce: false                   # true: proofs must carry a DPoP server nonce
+      introspect: always                          # also introspect JWTs (revocation within the
+                                                  # introspection cache TTL); default: auto
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ class AuthPolicy(Model):
     identity_headers: IdentityHeaders = IdentityHeaders()
     # RFC 9449 §9: every DPoP proof on this route must carry a server nonce (needs dpop.nonce).
     require_dpop_nonce: bool = False
+    # ``auto``: JWTs are verified locally, other tokens introspected. ``always``: a JWT is also
+    # introspected (after local verification; both must agree), so a revoked JWT stops here within
+    # the issuer's introspection cache TTL (issue #13). Every issuer of the route needs introspection.
+    introspect: Literal["auto", "always"] = "auto"
 
     @model_validator(mode="after")
     def _complete(self) -> AuthPolicy:

@@ -16,6 +16,10 @@ Secrets are written as ``${VAR}`` so they stay out of the file.
           client_auth: {method: private_key_jwt, client_id: gateway, private_key: /etc/gateway/as-key.pem,
                         private_key_alg: ES256}
           cache_ttl_s: 60                          # 0 for routes that need every revocation at once
+        jwks_max_stale_s: 3600                     # last good keys while the JWKS is down (max 6 h)
+
+An ``introspection:`` block is allowed in mode ``jwt`` too: routes with ``auth.introspect: always``
+then introspect this issuer's JWTs (after verifying them locally), other routes do not.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 CacheSize = Annotated[int, Field(ge=1, le=10_000_000)]
+MAX_JWKS_STALE_S = 6 * 3600.0
 
 # FAPI 2.0 §5.4.1 algorithms; RS256 only when an operator lists it.
 DEFAULT_ALGORITHMS: tuple[SigningAlg, ...] = ("PS256", "ES256", "EdDSA", "Ed25519")
@@ -148,7 +153,9 @@ class IssuerConfig(Model):
     # JWKS cache: periodic refresh, unknown-kid refetch at most once per cooldown, stale-on-error.
     jwks_refresh_s: Seconds = 300.0
     jwks_refetch_cooldown_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
-    jwks_max_stale_s: Seconds = 86400.0
+    # How long the last good key set is used while the JWKS cannot be fetched (issue #13: hours,
+    # not a day, so a key the AS withdrew stops verifying soon even if the AS is unreachable).
+    jwks_max_stale_s: Annotated[float, Field(gt=0, le=MAX_JWKS_STALE_S)] = 3600.0
     jwks_max_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
     http_timeout_s: Seconds = 5.0
     # Extra trust anchors (PEM) for the AS's TLS certificate; default: the system store.
@@ -167,11 +174,13 @@ class IssuerConfig(Model):
             raise ValueError("set only one of jwks_uri, jwks_file or discovery")
         if needs_keys and not sources:
             raise ValueError(f"mode {self.mode} needs a key source: jwks_uri, jwks_file or discovery")
-        if self.mode != "jwt":
-            if self.introspection is None:
-                raise ValueError(f"mode {self.mode} needs an introspection: block")
-            if self.introspection.endpoint is None and not self.discovery:
-                raise ValueError("introspection.endpoint is required unless discovery is enabled")
+        if self.mode != "jwt" and self.introspection is None:
+            raise ValueError(f"mode {self.mode} needs an introspection: block")
+        # Also in mode jwt: the block then serves routes with ``introspect: always``.
+        if self.introspection is not None and self.introspection.endpoint is None and not self.discovery:
+            raise ValueError("introspection.endpoint is required unless discovery is enabled")
+        if self.jwks_max_stale_s < self.jwks_refresh_s:
+            raise ValueError("jwks_max_stale_s must be at least jwks_refresh_s (keys would lapse between refreshes)")
         if not self.allow_insecure_http:
             urls = [self.jwks_uri, self.discovery if isinstance(self.discovery, str) else None]
             urls.append(self.introspection.endpoint if self.introspection else None)

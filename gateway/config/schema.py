@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, Discriminator, Field, SecretStr, Tag, model_validator
 
 from .auth import AuthPolicy
 from .base import Cidr, FilePath, Model
@@ -19,6 +19,7 @@ from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
+from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -75,6 +76,8 @@ class Listen(Model):
 class Admin(Model):
     host: str = "127.0.0.1"
     port: Port = 9090
+    # Bearer secret for the admin API's write operations (revocation); unset: they are disabled.
+    token: Annotated[SecretStr, Field(min_length=32)] | None = None
 
 
 class Timeouts(Model):
@@ -183,6 +186,7 @@ class GatewayConfig(Model):
     client_certs: ClientCertConfig = ClientCertConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    revocation: RevocationConfig = RevocationConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -224,11 +228,13 @@ class GatewayConfig(Model):
                     problems.append(
                         f"{where}.auth.require_dpop_nonce: needs dpop.nonce (shared nonce secrets)"
                     )
+                problems.extend(check_introspect_always(where, route.auth, self.issuers))
         # Any authenticated route may see a DPoP-bound token, so the replay store must span workers.
         has_auth = any(isinstance(r.auth, AuthPolicy) for r in self.routes)
         workers_problem = check_workers(self.dpop, self.lifecycle.workers) if has_auth else None
         if workers_problem:
             problems.append(workers_problem)
+        problems.extend(check_deny_entries(self.revocation, self.issuers))
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -13,6 +13,11 @@ Wiring::
     verifier.ready              # for /readyz: every key-based issuer has a usable key set
     token = await verifier.verify(creds.token, route_policy)
     await verifier.close()      # app cleanup
+
+Revocation (issue #13): a cached JWT verification is used only while the key that verified it is
+still usable (in the current JWKS, not stale, its kid not denied) and no flush of its issuer
+happened since; denied ``kid``/``jti`` values (``gateway.verify.denylist``) are refused as
+``invalid_token`` (``token_revoked``); a route with ``introspect: always`` also introspects JWTs.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from cachetools import TLRUCache
 
 from ..config.auth import AuthPolicy
 from ..config.issuers import IssuerConfig
-from ..errors import DependencyError, InvalidTokenError
+from ..errors import DependencyError, IntrospectionUnavailableError, InvalidTokenError
 from ..model import VerifiedToken
+from .denylist import DenyList
 from .fetch import Discovery, IssuerHttp
 from .introspection import Introspector
 from .jose import looks_like_jws, parse_compact
@@ -57,6 +63,22 @@ class IssuerRuntime:
     jwks: JwksCache | None
     jwt: JwtVerifier | None
     introspector: Introspector | None
+    # Bumped by a flush: cached verifications made before it are no longer used.
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A verified JWT and what it was verified with, so a cache hit can be re-checked cheaply."""
+
+    token: VerifiedToken
+    rt: IssuerRuntime
+    key: bytes  # fingerprint of the verifying key (a denied kid's keys are not usable either)
+    epoch: int
+
+
+def _revoked() -> InvalidTokenError:
+    return InvalidTokenError("the access token has been revoked", reason="token_revoked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +89,7 @@ class _RouteIssuers:
     # (a fallback issuer only introspects opaque tokens, so foreign JWTs never go to its AS).
     introspect_jwts: tuple[IssuerRuntime, ...]
     accepted: frozenset[str]  # issuer identifiers a cached result may carry on this route
+    always: bool  # ``introspect: always``: JWTs are introspected too
 
 
 class AccessTokenVerifier:
@@ -78,8 +101,10 @@ class AccessTokenVerifier:
         *,
         clock: Callable[[], float] = time.time,
         events: VerifierEvents | None = None,
+        denylist: DenyList | None = None,
     ) -> None:
         self._clock = clock
+        self.denylist = denylist if denylist is not None else DenyList(clock=clock)
         self.issuers: dict[str, IssuerRuntime] = {}
         for cfg in issuers:
             http = IssuerHttp(cfg)
@@ -89,11 +114,14 @@ class AccessTokenVerifier:
                 cfg.mode != "introspection" or signed_responses
             )
             on_fetch = partial(events.jwks_fetch, cfg.name) if events else None
-            jwks = JwksCache(cfg, http, discovery, clock=clock, on_fetch=on_fetch) if has_keys else None
+            jwks = (
+                JwksCache(cfg, http, discovery, clock=clock, on_fetch=on_fetch, denylist=self.denylist)
+                if has_keys else None
+            )
             local = jwks is not None and cfg.mode != "introspection"
             jwt_verifier = JwtVerifier(cfg, jwks, clock=clock) if jwks is not None and local else None
             introspector = None
-            if cfg.mode != "jwt":
+            if cfg.introspection is not None:  # mode jwt too: for ``introspect: always`` routes
                 introspector = Introspector(
                     cfg, http, discovery, jwks, clock=clock,
                     on_call=partial(events.introspection_call, cfg.name) if events else None,
@@ -102,13 +130,13 @@ class AccessTokenVerifier:
             self.issuers[cfg.name] = IssuerRuntime(cfg, http, jwks, jwt_verifier, introspector)
         size = max((c.token_cache_size for c in issuers), default=1)
         self._ttl_cap = {c.issuer: c.token_cache_ttl_s for c in issuers}
-        self.token_cache: TLRUCache[bytes, VerifiedToken] = TLRUCache(
+        self.token_cache: TLRUCache[bytes, _Cached] = TLRUCache(
             maxsize=size, ttu=self._cached_until, timer=clock
         )
-        self._routes: dict[tuple[str, ...], _RouteIssuers] = {}
+        self._routes: dict[tuple[tuple[str, ...], str], _RouteIssuers] = {}
 
-    def _cached_until(self, _key: bytes, value: VerifiedToken, now: float) -> float:
-        return min(value.expires_at, now + self._ttl_cap.get(value.issuer, 0.0))
+    def _cached_until(self, _key: bytes, value: _Cached, now: float) -> float:
+        return min(value.token.expires_at, now + self._ttl_cap.get(value.token.issuer, 0.0))
 
     async def start(self) -> None:
         # In parallel: one slow AS must not delay the others (each fetch is time-bounded).
@@ -126,24 +154,74 @@ class AccessTokenVerifier:
         return all(rt.jwks is None or rt.jwks.ready for rt in self.issuers.values())
 
     def _route(self, policy: AuthPolicy) -> _RouteIssuers:
-        found = self._routes.get(policy.issuers)
+        key = (policy.issuers, policy.introspect)
+        found = self._routes.get(key)
         if found is None:
             runtimes = [self.issuers[n] for n in policy.issuers if n in self.issuers]
             found = _RouteIssuers(
                 by_iss={rt.cfg.issuer: rt for rt in runtimes if rt.jwt is not None},
-                introspection=tuple(rt for rt in runtimes if rt.introspector is not None),
+                # Opaque tokens go to issuers whose mode introspects (not to a jwt-mode issuer
+                # whose introspection block only serves ``introspect: always``).
+                introspection=tuple(
+                    rt for rt in runtimes if rt.introspector is not None and rt.cfg.mode != "jwt"
+                ),
                 introspect_jwts=tuple(rt for rt in runtimes if rt.cfg.mode == "introspection"),
                 accepted=frozenset(rt.cfg.issuer for rt in runtimes if rt.jwt is not None),
+                always=policy.introspect == "always",
             )
-            self._routes[policy.issuers] = found
+            self._routes[key] = found
         return found
+
+    def _check_denied(self, rt: IssuerRuntime, result: VerifiedToken) -> None:
+        if self.denylist.jti_denied(rt.cfg.name, result.jti):
+            raise _revoked()
+
+    async def _also_introspect(self, token: str, digest: bytes, rt: IssuerRuntime, local: VerifiedToken) -> None:
+        """``introspect: always``: the AS must say active, and about the same token."""
+        if rt.introspector is None:  # config forbids it; fail closed all the same
+            raise IntrospectionUnavailableError(
+                "the token issuer cannot be asked about this token", reason="introspection_not_configured"
+            )
+        remote = await rt.introspector.introspect(token, digest)
+        pairs = (
+            (local.subject, remote.subject),
+            (local.client_id, remote.client_id),
+            (local.jti, remote.jti),
+            (local.cnf_jkt, remote.cnf_jkt),
+            (local.cnf_x5t_s256, remote.cnf_x5t_s256),
+        )
+        if any(a is not None and b is not None and a != b for a, b in pairs):
+            raise InvalidTokenError(
+                "the access token does not match what its issuer says about it",
+                reason="token_introspection_mismatch",
+            )
+        self._check_denied(rt, remote)
+
+    async def flush(self, name: str) -> bool | None:
+        """Forget every cached verification of issuer ``name`` and fetch its keys again.
+
+        Returns whether the key set loaded (None: the issuer has no key set)."""
+        rt = self.issuers[name]
+        rt.epoch += 1
+        if rt.introspector is not None:
+            rt.introspector.positive.clear()
+            rt.introspector.negative.clear()
+        return await rt.jwks.refresh() if rt.jwks is not None else None
 
     async def verify(self, token: str, policy: AuthPolicy) -> VerifiedToken:
         route = self._route(policy)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        cached = self.token_cache.get(digest)
-        if cached is not None and cached.issuer in route.accepted:
-            return cached
+        entry = self.token_cache.get(digest)
+        if entry is not None and entry.token.issuer in route.accepted:
+            hit, cached = entry.rt, entry.token
+            # Inlined (the hot path): same flush epoch, key still usable, jti not denied.
+            if entry.epoch == hit.epoch and hit.jwks is not None and hit.jwks.has_key(entry.key):
+                if self.denylist.jti_denied(hit.cfg.name, cached.jti):
+                    raise _revoked()
+                if route.always:
+                    await self._also_introspect(token, digest, hit, cached)
+                return cached
+            self.token_cache.pop(digest, None)  # its key was withdrawn, replaced, denied or went stale
         if looks_like_jws(token):
             try:
                 jws = parse_compact(token)
@@ -154,8 +232,16 @@ class AccessTokenVerifier:
                 iss = jws.payload.get("iss")
                 rt = route.by_iss.get(iss) if isinstance(iss, str) else None
                 if rt is not None and rt.jwt is not None:
-                    result = await rt.jwt.verify(jws)
-                    self.token_cache[digest] = result
+                    kid = jws.header.get("kid")
+                    kid = kid if isinstance(kid, str) else None
+                    if self.denylist.kid_denied(rt.cfg.name, kid):
+                        raise _revoked()
+                    epoch = rt.epoch  # before the await: a flush meanwhile wins
+                    result, key = await rt.jwt.verify_with_key(jws)
+                    self._check_denied(rt, result)
+                    if route.always:
+                        await self._also_introspect(token, digest, rt, result)
+                    self.token_cache[digest] = _Cached(result, rt, key.fingerprint, epoch)
                     return result
                 if not route.introspect_jwts:
                     raise InvalidTokenError(
@@ -175,11 +261,14 @@ class AccessTokenVerifier:
         for rt in issuers:
             assert rt.introspector is not None
             try:
-                return await rt.introspector.introspect(token, digest)
+                result = await rt.introspector.introspect(token, digest)
             except DependencyError as exc:
                 unavailable = exc
             except InvalidTokenError as exc:
                 last = exc
+            else:
+                self._check_denied(rt, result)
+                return result
         # Fail closed: if any issuer could not answer, the token might be valid there -> 503.
         if unavailable is not None:
             raise unavailable

@@ -8,24 +8,30 @@
 - Keys with ``use: enc``, ``key_ops`` without ``verify``, private members, symmetric or unsupported
   ``kty``, RSA under 2048 bits (JWT-17) are skipped. Keys only ever come from the configured
   source: ``jku``/``x5u``/``jwk``/``x5c`` token headers are never looked at (JWT-03).
+- Keys whose ``kid`` is on the deny list (``gateway.verify.denylist``) are not usable, whatever the
+  JWKS says. Each key has a fingerprint (SHA-256 of its SubjectPublicKeyInfo): a cached token
+  verification is only good while the key that verified it is still usable (issue #13).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..config.issuers import IssuerConfig
 from ..errors import KeySourceUnavailableError
 from ..tasks import stop_tasks
+from .denylist import DenyList
 from .fetch import Discovery, FetchError, IssuerHttp
 from .jose import key_fits, loads_strict
 
@@ -44,11 +50,24 @@ class VerificationKey:
     kid: str | None
     key: Any  # a cryptography public key
     alg: str | None  # the JWK's own ``alg``, when published
+    fingerprint: bytes = b""  # SHA-256 of the SubjectPublicKeyInfo (same key, same value)
+
+
+def key_fingerprint(key: Any) -> bytes:
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
 
 
 @dataclass(frozen=True, slots=True)
 class KeySet:
     keys: tuple[VerificationKey, ...]
+    fingerprints: frozenset[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprints", frozenset(k.fingerprint for k in self.keys))
+
+    def without_kids(self, kids: frozenset[str]) -> KeySet:
+        return KeySet(tuple(k for k in self.keys if k.kid not in kids)) if kids else self
 
     def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
         """Keys that may verify a token with this ``kid`` and ``alg`` (FAPI 2.0 §5.4.3: duplicate
@@ -82,7 +101,7 @@ def _parse_key(jwk: Mapping[str, Any]) -> VerificationKey | None:
         return None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
         return None
-    return VerificationKey(kid=kid, key=key, alg=alg)
+    return VerificationKey(kid=kid, key=key, alg=alg, fingerprint=key_fingerprint(key))
 
 
 def parse_jwks(doc: Any, *, source: str = "jwks") -> KeySet:
@@ -108,8 +127,14 @@ class JwksCache:
         *,
         clock: Callable[[], float] = time.time,
         on_fetch: Callable[[bool], None] | None = None,
+        denylist: DenyList | None = None,
     ) -> None:
         self._cfg = cfg
+        self._denylist = denylist
+        # The usable key set (denied kids removed) and the deny-list version it was made for.
+        self._usable: KeySet | None = None
+        self._usable_version = -1
+        self._fresh_until = 0.0  # loaded_at + jwks_max_stale_s
         self._on_fetch = on_fetch
         self._http = http
         self._discovery = discovery
@@ -120,6 +145,7 @@ class JwksCache:
         self._inflight: asyncio.Task[None] | None = None
         self._background: asyncio.Task[None] | None = None
         self.fetch_count = 0  # network/file loads attempted (for tests and metrics)
+        self.last_load_ok = False
 
     @property
     def ready(self) -> bool:
@@ -148,10 +174,32 @@ class JwksCache:
             )
         return keys.candidates(kid, alg)
 
+    async def refresh(self) -> bool:
+        """Fetch the key set now, whatever the cooldown (admin flush); True if it loaded."""
+        await self._refresh(force=True)
+        return self.last_load_ok
+
+    def has_key(self, fingerprint: bytes) -> bool:
+        """Is this key still usable: in the current key set, not stale, its kid not denied?
+        (Every cache hit asks: one clock read, one int compare, one set probe.)"""
+        keys = self._current()
+        return keys is not None and fingerprint in keys.fingerprints
+
     def _current(self) -> KeySet | None:
-        if self._keys is None or self._clock() - self._loaded_at > self._cfg.jwks_max_stale_s:
+        if self._usable is None or self._clock() > self._fresh_until:
             return None
-        return self._keys
+        if self._denylist is not None and self._denylist.version != self._usable_version:
+            self._set_usable()
+        return self._usable
+
+    def _set_usable(self) -> None:
+        """Recomputed only when the keys or the denied kids change."""
+        keys, denylist = self._keys, self._denylist
+        if keys is None or denylist is None:
+            self._usable = keys
+            return
+        self._usable = keys.without_kids(denylist.denied_kids(self._cfg.name))
+        self._usable_version = denylist.version
 
     async def _refresh(self, *, force: bool) -> None:
         if self._inflight is None:
@@ -191,11 +239,15 @@ class JwksCache:
             log.warning("issuer %s: loading keys from %s failed (%s); %s", self._cfg.name, source, exc, state)
             if self._on_fetch is not None:
                 self._on_fetch(False)
+            self.last_load_ok = False
             return
         if self._on_fetch is not None:
             self._on_fetch(True)
         self._keys = keys
         self._loaded_at = self._clock()
+        self._fresh_until = self._loaded_at + self._cfg.jwks_max_stale_s
+        self._set_usable()
+        self.last_load_ok = True
 
     async def _refresh_loop(self) -> None:
         while True:

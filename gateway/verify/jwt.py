@@ -15,7 +15,7 @@ from ..errors import InvalidTokenError
 from ..model import VerifiedToken
 from .claims import to_verified_token
 from .jose import CompactJws, verify_signature
-from .jwks import JwksCache
+from .jwks import JwksCache, VerificationKey
 
 __all__ = ("JwtVerifier", "typ_is_access_token")
 
@@ -41,6 +41,10 @@ class JwtVerifier:
         self._algorithms = frozenset(cfg.algorithms)
 
     async def verify(self, jws: CompactJws) -> VerifiedToken:
+        return (await self.verify_with_key(jws))[0]
+
+    async def verify_with_key(self, jws: CompactJws) -> tuple[VerifiedToken, VerificationKey]:
+        """The token and the key that verified it (a cached result is only good while that key is)."""
         cfg = self._cfg
         header = jws.header
         # RFC 9068 §4: typ must be at+jwt; this also keeps ID tokens, DPoP proofs and logout
@@ -62,10 +66,11 @@ class JwtVerifier:
             raise InvalidTokenError(
                 "no key of the issuer matches the access token", reason="token_unknown_key"
             )
-        if not any(verify_signature(jws, alg, k.key) for k in candidates):
+        key = next((k for k in candidates if verify_signature(jws, alg, k.key)), None)
+        if key is None:
             raise InvalidTokenError("the access token signature is invalid", reason="token_bad_signature")
         now = self._clock()
-        return to_verified_token(
+        token = to_verified_token(
             jws.payload,
             issuer=cfg.issuer,
             source="jwt",
@@ -76,3 +81,4 @@ class JwtVerifier:
             max_lifetime_s=cfg.max_lifetime_s,
             default_expiry=now,
         )
+        return token, key
