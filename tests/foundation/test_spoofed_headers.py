@@ -206,3 +206,47 @@ async def test_underscore_refusal_on_the_raw_wire(
     raw = f"GET /x HTTP/1.1\r\nHost: localhost\r\n{name}: admin\r\nConnection: close\r\n\r\n".encode()
     assert status_of(await raw_exchange(gw.port, pki.client_context(), raw)) == 400
     assert upstream.requests == []
+
+
+# The issue's probe, with a real token: fixtures of the token tests (real AS, real signatures).
+from tests.tokens.conftest import AUD, auth_server, clock, signing_keys  # noqa: E402, F401
+
+
+async def test_method_override_with_an_accounts_only_token_does_not_reach_the_upstream(
+    gateway: GatewayFactory, upstream: Upstream, pki: Pki, auth_server: object  # noqa: F811
+) -> None:
+    """Finding 6 end to end: a GET authorised with an ``accounts`` token carrying
+    ``X-HTTP-Method-Override: POST`` (POST needs ``payments``) reaches the upstream as a plain GET."""
+    import time
+
+    from tests.dpop.proofs import ath, es256
+    from tests.tokens.authserver import AuthServer
+
+    assert isinstance(auth_server, AuthServer)
+    gw = await gateway(f"""
+    issuers:
+      - name: bank-as
+        issuer: {auth_server.issuer}
+        jwks_uri: {auth_server.url}/jwks
+        ca: {pki.ca_pem}
+    routes:
+      - id: payments
+        match: {{path_prefix: /payments}}
+        upstream: {upstream.url}
+        auth: {{issuers: [bank-as], audience: {AUD}, method_scopes: {{GET: [accounts], POST: [payments]}}}}
+    """)
+    signer = es256()
+    token = auth_server.token("ec-1", scope="accounts", cnf={"jkt": signer.jkt})
+    url = f"https://localhost:{gw.port}/payments/1"
+    overrides = [("X-HTTP-Method-Override", "POST"), ("X-HTTP-Method", "POST"), ("X-Method-Override", "POST"),
+                 ("X-Original-URL", "/payments/transfer"), ("X-Rewrite-URL", "/payments/transfer")]
+    async with aiohttp.ClientSession() as s:
+        proof = signer.proof(htm="GET", htu=url, ath=ath(token), iat=int(time.time()))
+        r = await s.get(url, ssl=pki.client_context(),
+                        headers=[("Authorization", f"DPoP {token}"), ("DPoP", proof), *overrides])
+        assert r.status == 200, await r.text()
+    rec = upstream.last
+    assert rec.method == "GET"
+    for name, _ in overrides:
+        assert rec.header(name) is None, name
+    assert rec.header("Authorization") is None and rec.header("DPoP") is None
