@@ -300,7 +300,7 @@ class HeaderPolicy:
         ok = not (
             low in self._drop
             or norm in self._drop
-            or ("_" in low and self._underscores != "forward")
+            or ("_" in low and (self._underscores != "forward" or norm == "content-length"))
             or is_identity_header(norm)
             or (not self._overrides and is_override_header(norm))
         )
