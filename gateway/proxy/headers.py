@@ -256,6 +256,7 @@ class HeaderPolicy:
         self._pseudonym = pseudonym.lower()
         self._via = f"1.1 {pseudonym}"
         self._decided: dict[str, bool] = {}
+        self._built: dict[tuple[str, str, str], tuple[str, str]] = {}
 
     @classmethod
     def for_route(
@@ -292,10 +293,7 @@ class HeaderPolicy:
 
     # -- toward the upstream ----------------------------------------------------------------------
 
-    def _passes(self, low: str) -> bool:
-        decided = self._decided.get(low)
-        if decided is not None:
-            return decided
+    def _decide(self, low: str) -> bool:
         norm = normalise(low)
         ok = not (
             low in self._drop
@@ -320,31 +318,48 @@ class HeaderPolicy:
         prior_forwarded_for: str | None = None,
     ) -> CIMultiDict[str]:
         """Headers for the upstream request. Repeated headers keep their order."""
-        if not _AUTHORITY.match(host):
-            raise HeaderRefusedError("invalid host", reason="invalid_host")
-        if not _SCHEME.match(proto):
-            raise HeaderRefusedError("invalid forwarded protocol", reason="invalid_forwarded_proto")
         named = _connection_tokens(incoming) if "connection" in incoming else ()
+        decided = self._decided
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in incoming.items():
             low = name.lower()
-            if not self._passes(low) or (named and normalise(low) in named):
+            ok = decided.get(low)
+            if ok is None:
+                ok = self._decide(low)
+            if not ok or (named and normalise(low) in named):
                 continue
             out.add(name, value)
         mf = incoming.get("Max-Forwards")
         if mf is not None and _MAX_FORWARDS.match(mf.strip()):
             out["Max-Forwards"] = str(max(int(mf) - 1, 0))  # RFC 9110 §7.6.2
-        node = forwarded_node(client_ip)
-        xff = f"{prior_forwarded_for}, {node.strip('[]')}" if prior_forwarded_for else node.strip("[]")
-        out["X-Forwarded-For"] = xff
+        addr, forwarded = self._forwarded(client_ip, proto, host)
+        out["X-Forwarded-For"] = f"{prior_forwarded_for}, {addr}" if prior_forwarded_for else addr
         out["X-Forwarded-Proto"] = proto
         out["X-Forwarded-Host"] = host
-        out["Forwarded"] = forwarded_element(for_=node, proto=proto, host=host)
+        out["Forwarded"] = forwarded
         self._add_via(out, incoming)
         out[FAPI_INTERACTION_ID] = fapi_id
         for name, value in inject:
             out[name] = value
         return out
+
+    def _forwarded(self, client_ip: str, proto: str, host: str) -> tuple[str, str]:
+        """The client address for X-Forwarded-For and our ``Forwarded`` element, checked and built
+        once per (peer, proto, host): the same few recur on every request."""
+        key = (client_ip, proto, host)
+        built = self._built.get(key)
+        if built is not None:
+            return built
+        if not _AUTHORITY.match(host):
+            raise HeaderRefusedError("invalid host", reason="invalid_host")
+        if not _SCHEME.match(proto):
+            raise HeaderRefusedError("invalid forwarded protocol", reason="invalid_forwarded_proto")
+        node = forwarded_node(client_ip)
+        built = (node.strip("[]"), forwarded_element(for_=node, proto=proto, host=host))
+        if len(self._built) >= _CACHE_LIMIT:
+            self._built.clear()
+        self._built[key] = built
+        return built
 
     # -- toward the client ------------------------------------------------------------------------
 
