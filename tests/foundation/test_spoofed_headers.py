@@ -108,6 +108,20 @@ async def test_spoofed_identity_headers_never_reach_the_upstream(
     assert upstream.last.header("X-Forwarded-For") == "127.0.0.1"
 
 
+async def test_spoofed_identity_headers_stripped_under_the_default_config(
+    gateway: GatewayFactory, upstream: Upstream, pki: Pki
+) -> None:
+    """The same, with the defaults: dashed and odd-case forms are stripped (underscore forms are
+    refused before that, next test)."""
+    sent = spoofed([n for n in variants(IDENTITY) if "_" not in n])
+    gw = await gateway(route(upstream.url))
+    async with aiohttp.ClientSession() as s:
+        for i in range(0, len(sent), 90):
+            r = await s.get(f"https://localhost:{gw.port}/x", ssl=pki.client_context(), headers=sent[i:i + 90])
+            assert r.status == 200, await r.text()
+            assert leaked(upstream) == []
+
+
 async def test_underscore_header_names_are_refused_by_default(
     gateway: GatewayFactory, upstream: Upstream, pki: Pki
 ) -> None:
