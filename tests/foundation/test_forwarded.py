@@ -140,6 +140,34 @@ async def test_forged_host_cannot_add_a_forwarded_hop(
     assert element == {"for": "127.0.0.1", "proto": "https", "host": f"localhost:{gw.port}"}
 
 
+async def test_forged_host_with_external_origin_reaches_the_builder_and_is_refused(
+    gateway: GatewayFactory, upstream: Upstream, pki: Pki
+) -> None:
+    """With ``external_origin`` set the Host is not matched against the certificate, so the forged
+    value reaches the header builder: refused (400), nothing forwarded, no forged hop."""
+    from tests.conftest import gateway_yaml
+
+    text = gateway_yaml(pki, f"""
+    routes:
+      - id: open
+        match: {{path_prefix: /}}
+        upstream: {upstream.url}
+        auth: none
+    """).replace("admin:", "  external_origin: https://api.bank.example\nadmin:", 1)
+    gw = await gateway(text, raw=True)
+    for forged in (f'localhost:{gw.port}", for=10.6.6.6;host="evil.example', "a.example, evil.example",
+                   "a.example;for=10.6.6.6"):
+        raw = f"GET /x HTTP/1.1\r\nHost: {forged}\r\nConnection: close\r\n\r\n".encode()
+        response = await raw_exchange(gw.port, pki.client_context(), raw)
+        if status_of(response) == 200:
+            (element,) = parse_forwarded(upstream.last.header("Forwarded") or "")
+            assert element["for"] == "127.0.0.1"
+        else:
+            assert status_of(response) == 400, response[:200]
+    assert all("10.6.6.6" not in (r.header("Forwarded") or "") for r in upstream.requests)
+    assert all("evil" not in (r.header("X-Forwarded-Host") or "") for r in upstream.requests)
+
+
 def test_policy_refuses_a_host_that_is_not_an_authority() -> None:
     """Defence in depth behind Host validation: X-Forwarded-Host is a comma list for many readers."""
     from multidict import CIMultiDict, CIMultiDictProxy
