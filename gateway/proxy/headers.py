@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -29,6 +30,8 @@ from .names import is_identity_header, is_override_header, normalise
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig, RouteConfig
+
+log = logging.getLogger("gateway")
 
 __all__ = (
     "HOP_BY_HOP",
@@ -262,6 +265,17 @@ class HeaderPolicy:
     def for_route(
         cls, cfg: GatewayConfig, route: RouteConfig, *, strip: Iterable[str], pseudonym: str
     ) -> HeaderPolicy:
+        # Weaker than the defaults, so said out loud each time a config is loaded.
+        if route.forward_credentials:
+            clear = " in clear text (http://)" if cfg.upstream_for(route).url.startswith("http://") else ""
+            log.warning("route %s: forward_credentials: the client's Authorization and DPoP headers "
+                        "(live tokens and proofs) are sent to the upstream%s", route.id, clear)
+        if route.forward_override_headers:
+            log.warning("route %s: forward_override_headers: X-HTTP-Method-Override, X-Original-URL and "
+                        "similar reach the upstream; it must not act on them", route.id)
+        if cfg.proxy.underscore_headers == "forward" and route is cfg.routes[0]:  # once per load
+            log.warning("proxy.underscore_headers: forward: header names with '_' reach the upstream "
+                        "(identity headers are still removed under either spelling)")
         return cls(
             strip=strip,
             forward_credentials=route.forward_credentials,

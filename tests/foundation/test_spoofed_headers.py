@@ -264,3 +264,18 @@ async def test_method_override_with_an_accounts_only_token_does_not_reach_the_up
     for name, _ in overrides:
         assert rec.header(name) is None, name
     assert rec.header("Authorization") is None and rec.header("DPoP") is None
+
+
+def test_weaker_settings_are_logged_at_load(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.config import parse_config
+    from gateway.proxy.headers import HeaderPolicy
+    from tests.conftest import gateway_yaml
+
+    cfg = parse_config(gateway_yaml(pki, route("http://127.0.0.1:1", "\n        forward_credentials: true"
+                                               "\n        forward_override_headers: true",
+                                               proxy="proxy: {underscore_headers: forward}")), source="t.yaml")
+    with caplog.at_level("WARNING", logger="gateway"):
+        HeaderPolicy.for_route(cfg, cfg.routes[0], strip=(), pseudonym="p")
+    text = caplog.text
+    assert "forward_credentials" in text and "clear text" in text
+    assert "forward_override_headers" in text and "underscore_headers: forward" in text
