@@ -39,7 +39,7 @@ from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
 from .proxy.forward import Forwarder, UpstreamClient
-from .proxy.headers import DEFAULT_IDENTITY_HEADERS
+from .proxy.headers import DEFAULT_IDENTITY_HEADERS, default_pseudonym
 from .revocation import Revocation, build_denylist
 from .routing import Route, Router, check_path
 from .tls.clientcerts import ClientCertificates
@@ -136,6 +136,7 @@ class GatewayState:
         )
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
         dpop_algs = tuple(cfg.dpop.algorithms)
+        pseudonym = default_pseudonym(cfg)  # our name in Via, and how a loop is recognised
         self.upstreams: dict[str, UpstreamClient] = {}
         self.routes: dict[str, RouteRuntime] = {}
         for route in self.router.routes:
@@ -143,7 +144,7 @@ class GatewayState:
             policy = route.config.auth
             self.routes[route.id] = RouteRuntime(
                 route=route,
-                headers=HeaderPolicy(strip=strip, forward_credentials=route.config.forward_credentials),
+                headers=HeaderPolicy.for_route(cfg, route.config, strip=strip, pseudonym=pseudonym),
                 challenge=ChallengeSettings(
                     schemes=_schemes(policy),
                     realm=getattr(policy, "realm", None),
@@ -226,9 +227,12 @@ def error_response(
         body["error_description"] = exc.description[:200]
     if isinstance(exc, DependencyError) and exc.retry_after_s:
         headers["Retry-After"] = str(exc.retry_after_s)
-    return web.Response(
+    resp = web.Response(
         status=exc.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
     )
+    if exc.close_connection:
+        resp.force_close()
+    return resp
 
 
 def _with_cert_header(
@@ -292,6 +296,7 @@ class GatewayHandler:
             route_id = route.id
             rt = state.routes[route.id]
             challenge = rt.challenge
+            rt.headers.check_request(request.headers)  # 501 / 508 / 400 before any auth work
             if rt.cors is not None:
                 cors_origin = rt.cors.allowed_origin(request.headers)
                 if rt.cors.is_preflight(request.method, request.headers):

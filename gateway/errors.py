@@ -25,7 +25,10 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── ClientCertificateRefusedError     403 (refused certificate on a route that does not authenticate)
     ├── MethodNotAllowedError             405
     ├── MisdirectedRequestError           421
-    └── PayloadTooLargeError              413
+    ├── PayloadTooLargeError              413
+    ├── HeaderRefusedError                400 (underscore names, bad Max-Forwards/Host for forwarding)
+    ├── TransferCodingNotImplementedError 501 (RFC 9112 §6.1), connection closed
+    └── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
 """
@@ -43,12 +46,14 @@ __all__ = (
     "DependencyError",
     "ExpectationFailedError",
     "GatewayError",
+    "HeaderRefusedError",
     "InsufficientScopeError",
     "IntrospectionUnavailableError",
     "InvalidDpopProofError",
     "InvalidRequestError",
     "InvalidTokenError",
     "KeySourceUnavailableError",
+    "LoopDetectedError",
     "MethodNotAllowedError",
     "MisdirectedRequestError",
     "MissingCredentialsError",
@@ -58,6 +63,7 @@ __all__ = (
     "RevocationDataStaleError",
     "RouteNotFoundError",
     "Scheme",
+    "TransferCodingNotImplementedError",
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "UseDpopNonceError",
@@ -69,6 +75,8 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     default_reason: ClassVar[str] = "internal"
+    # The connection cannot serve another request (e.g. a body left unread in an unknown framing).
+    close_connection: ClassVar[bool] = False
 
     def __init__(self, description: str = "", *, reason: str | None = None) -> None:
         super().__init__(description)
@@ -231,6 +239,29 @@ class ExpectationFailedError(GatewayError):
 class PayloadTooLargeError(GatewayError):
     status = 413
     default_reason = "body_too_large"
+
+
+class HeaderRefusedError(GatewayError):
+    """A request header the gateway will not carry to the upstream (RFC 9110 §5; issue #13)."""
+
+    status = 400
+    default_reason = "header_refused"
+
+
+class TransferCodingNotImplementedError(GatewayError):
+    """A transfer coding other than ``chunked`` (RFC 9112 §6.1: 501). The body is left unread, so
+    the connection is closed after the answer."""
+
+    status = 501
+    default_reason = "transfer_coding_not_implemented"
+    close_connection = True
+
+
+class LoopDetectedError(GatewayError):
+    """The request already passed through this gateway (its pseudonym is in ``Via``): PRX-04."""
+
+    status = 508
+    default_reason = "forwarding_loop"
 
 
 class ConfigError(Exception):

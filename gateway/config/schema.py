@@ -19,6 +19,7 @@ from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
+from .proxy import ProxyConfig
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -168,8 +169,12 @@ class RouteConfig(Model):
         Discriminator(_auth_kind),
     ]
     max_body_bytes: Annotated[int, Field(ge=0)] = 10 * 1024 * 1024
-    # Forward the client's Authorization/DPoP headers upstream (many banking backends re-check).
-    forward_credentials: bool = True
+    # Forward the client's Authorization/DPoP headers upstream. Off: the upstream's logs and APM
+    # would hold live tokens (RFC 9700 §4.9); opt in only for a backend that re-checks them.
+    forward_credentials: bool = False
+    # Forward X-HTTP-Method-Override, X-Original-URL and kin. Off: they would let the upstream act
+    # on another method or path than the one authorised here.
+    forward_override_headers: bool = False
     # The origin clients use for this route (DPoP htu), overriding listen.external_origin.
     external_origin: Origin | None = None
     # Browser clients: preflights answered here; DPoP-Nonce / WWW-Authenticate exposed.
@@ -187,6 +192,7 @@ class GatewayConfig(Model):
     observability: ObservabilityConfig = ObservabilityConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     revocation: RevocationConfig = RevocationConfig()
+    proxy: ProxyConfig = ProxyConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:

@@ -54,12 +54,38 @@ class UpstreamClient:
         await self.pool.close()
 
 
-async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
+def _too_large() -> PayloadTooLargeError:
+    return PayloadTooLargeError("request body too large", reason="body_too_large")
+
+
+async def _first_piece(request: web.BaseRequest, limit: int) -> tuple[bytes, bool]:
+    """Read an unknown-length body up to just past ``_BUFFER_LIMIT`` before the upstream is
+    contacted: returns the bytes read and whether that was the whole body. A body over a small
+    limit is thus refused with nothing sent upstream, and a small chunked body goes in one piece
+    with a Content-Length."""
+    parts: list[bytes] = []
     seen = 0
+    while seen <= _BUFFER_LIMIT:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(parts), True
+        seen += len(chunk)
+        if seen > limit:
+            raise _too_large()
+        parts.append(chunk)
+    return b"".join(parts), False
+
+
+async def _limited(request: web.BaseRequest, limit: int, first: bytes = b"") -> AsyncIterator[bytes]:
+    """The rest of the body, counted against ``limit``. Crossing it raises before the piece that
+    crosses is sent, so the upstream never receives a complete over-limit request."""
+    seen = len(first)
+    if first:
+        yield first
     async for chunk in request.content.iter_chunked(_CHUNK):
         seen += len(chunk)
         if seen > limit:
-            raise PayloadTooLargeError("request body too large", reason="body_too_large")
+            raise _too_large()
         yield chunk
 
 
@@ -79,11 +105,14 @@ class Forwarder:
         """Returns the (already prepared and written) response and the upstream's status."""
         length = request.content_length
         if length is not None and length > max_body_bytes:
-            raise PayloadTooLargeError("request body too large", reason="body_too_large")
+            raise _too_large()
         body: AsyncIterator[bytes] | bytes | None = None
         if request.body_exists:
             if length is not None and length <= _BUFFER_LIMIT:
                 body = await request.read()
+            elif length is None:
+                first, whole = await _first_piece(request, max_body_bytes)
+                body = first if whole else _limited(request, max_body_bytes, first)
             else:
                 body = _limited(request, max_body_bytes)
         up = await upstream.pool.request(request.method, request.raw_path, headers, body, length=length)

@@ -69,6 +69,9 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.headers_done = False
         self.message_done = False
+        # The whole request went out. An upstream may answer before reading all of the body; the
+        # rest is then never sent, and the connection is mid-request: never reused (a desync).
+        self.request_done = False
         self.received_any = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -186,13 +189,17 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange -------------------------------------------------------------------------
 
-    def start(self, data: bytes, *, head: bool, read_s: float, total_s: float | None) -> None:
-        """Send the request head (and a small body) and get ready for the answer."""
+    def start(
+        self, data: bytes, *, head: bool, read_s: float, total_s: float | None, complete: bool = True
+    ) -> None:
+        """Send the request head (and a small body) and get ready for the answer. ``complete``:
+        ``data`` is the whole request (no streamed body follows)."""
         assert self.transport is not None
         self._parser = httptools.HttpResponseParser(self)
         self._head_request = head
         self.status = 0
         self.headers_done = self.message_done = self.received_any = False
+        self.request_done = complete
         self.keep_alive = False
         self.error = None
         loop = self._loop
@@ -203,13 +210,15 @@ class _Connection(asyncio.Protocol):
             self._total_timer = loop.call_at(now + total_s, self._total_timeout)
         self.transport.write(data)
 
-    async def send_body(self, data: bytes) -> bool:
-        """Write a piece of a streamed request body; ``False`` once the upstream has answered or
-        gone (the rest of the body is not wanted)."""
+    async def send_body(self, data: bytes, *, last: bool = False) -> bool:
+        """Write a piece of a streamed request body (``last``: it ends the request); ``False`` once
+        the upstream has answered or gone (the rest of the body is not wanted)."""
         if self.headers_done or self.closed or self.error is not None:
             return False
         assert self.transport is not None
         self.transport.write(data)
+        if last:
+            self.request_done = True
         self._last_io = self._loop.time()
         while self._writing_paused and not (self.headers_done or self.closed or self.error is not None):
             await self._wait()
@@ -241,8 +250,8 @@ class _Connection(asyncio.Protocol):
         """End the exchange; ``True`` if the connection may serve another one."""
         self._cancel_timers()
         reusable = (
-            self.message_done and self.keep_alive and self.error is None and not self.closed
-            and not self._chunks and not self._reading_paused
+            self.message_done and self.request_done and self.keep_alive and self.error is None
+            and not self.closed and not self._chunks and not self._reading_paused
         )
         self._parser = None
         self._chunks.clear()
@@ -407,10 +416,10 @@ class ConnectionPool:
             conn = await self._acquire()
             try:
                 conn.start(head + first if first else head, head=method == "HEAD",
-                           read_s=self._read_s, total_s=self._total_s)
+                           read_s=self._read_s, total_s=self._total_s, complete=not streamed)
                 if streamed:
                     assert body is not None and not isinstance(body, bytes)
-                    await self._stream(conn, body, chunked=length is None)
+                    await self._stream(conn, body, length)
                 await conn.wait_headers()
             except _Stale:
                 conn.finish()
@@ -455,17 +464,23 @@ class ConnectionPool:
             raise UpstreamUnavailableError("refused to send a header containing a line break")
         return text.encode("utf-8", "surrogateescape"), first
 
-    async def _stream(self, conn: _Connection, body: AsyncIterator[bytes], *, chunked: bool) -> None:
+    async def _stream(self, conn: _Connection, body: AsyncIterator[bytes], length: int | None) -> None:
+        """Send a streamed body: with ``length`` as sent in Content-Length, else chunked. An error
+        raised by ``body`` (e.g. over the size limit) propagates, and ``request`` aborts the
+        connection: the upstream is left with an incomplete message, never a complete one."""
+        chunked = length is None
         wanted = True
+        sent = 0
         async for chunk in body:
             if not chunk:
                 continue
+            sent += len(chunk)
             data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
-            wanted = await conn.send_body(data)
+            wanted = await conn.send_body(data, last=sent == length)
             if not wanted:
                 break  # the upstream answered early or went away: the rest is not sent
         if chunked and wanted:
-            await conn.send_body(b"0\r\n\r\n")
+            await conn.send_body(b"0\r\n\r\n", last=True)
         if not wanted and not conn.headers_done:
             await conn.wait_headers()  # surfaces the error that stopped the upload
 

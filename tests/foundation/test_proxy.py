@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from gateway.proxy.headers import default_pseudonym
 from tests.conftest import GatewayFactory, Pki, Upstream, gateway_yaml
 
 
@@ -62,7 +63,7 @@ async def test_valid_client_cert_is_proxied_with_forwarded_headers(
     assert rec.header("X-Forwarded-Proto") == "https"
     assert rec.header("X-Forwarded-Host") == f"localhost:{gw.port}"
     assert rec.header("Forwarded") == f'for=127.0.0.1;proto=https;host="localhost:{gw.port}"'
-    assert rec.header("Via") == "1.1 fapi-gateway"
+    assert rec.header("Via") == f"1.1 {default_pseudonym(gw.cfg)}"
     assert rec.header("x-fapi-interaction-id") == fapi_id
     assert rec.all("X-Repeat") == ["one", "two"]
 
@@ -94,7 +95,7 @@ async def test_hop_by_hop_response_headers_removed(
         assert r.status == 200
         assert "X-Up-Hop" not in r.headers
         assert r.headers.get("X-Kept") == "yes"
-        assert r.headers["Via"].endswith("1.1 fapi-gateway")
+        assert r.headers["Via"].endswith(f"1.1 {default_pseudonym(gw.cfg)}")
         assert "Date" in r.headers
 
 

@@ -1,0 +1,29 @@
+"""``proxy:`` — how this gateway presents itself as a hop, and which header names it accepts.
+
+* ``pseudonym``: the ``received-by`` name this gateway writes in ``Via`` (RFC 9110 §7.6.3) and
+  looks for to detect a forwarding loop (PRX-04). Default: derived from the deployment's public
+  identity (``listen.external_origin``, else the listener certificate's public key, else the
+  machine's host name and port; see ``gateway.proxy.headers.default_pseudonym``), so replicas of one
+  deployment share it and two gateways chained on purpose do not collide. Set it explicitly when
+  several deployments share one certificate and are chained.
+* ``underscore_headers``: what to do with a request header whose name contains ``_``. Many
+  upstream stacks read ``X_Auth_User`` as ``X-Auth-User``. ``reject`` (default): 400.
+  ``drop``: removed, the request passes (nginx's ``underscores_in_headers off``). ``forward``:
+  passed on, except names that normalise to a stripped header (always removed).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .base import Model
+
+__all__ = ("ProxyConfig",)
+
+
+class ProxyConfig(Model):
+    # RFC 9110 §7.6.3 ``pseudonym`` is a token; no commas, spaces or parentheses that would split Via.
+    pseudonym: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")] | None = None
+    underscore_headers: Literal["reject", "drop", "forward"] = "reject"
