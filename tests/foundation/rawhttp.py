@@ -1,0 +1,29 @@
+"""One raw HTTP/1.1 request over TLS, so a test controls the request line and ``Host`` byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+
+async def raw_request(
+    port: int, ctx: ssl.SSLContext, target: str, *, host: str | None = None, method: str = "GET",
+    headers: list[tuple[str, str]] = (), sni: str = "localhost",  # type: ignore[assignment]
+) -> tuple[int, bytes]:
+    """(status, whole response); status 0 when the connection closed without a response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni)
+    try:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host if host is not None else f'localhost:{port}'}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        lines.append("Connection: close")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await writer.drain()
+        out = b""
+        try:
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                out += chunk
+        except (TimeoutError, ConnectionResetError, ssl.SSLError):
+            pass
+        return (int(out.split(b" ", 2)[1]) if out else 0), out
+    finally:
+        writer.close()
