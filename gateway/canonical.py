@@ -173,8 +173,11 @@ def parse_authority(value: str) -> Authority:
         end = text.find("]")
         if end < 0:
             raise _bad_host("unterminated IPv6 literal")
+        literal = text[1:end]
         try:
-            name = str(ipaddress.IPv6Address(text[1:end]))  # no zone ids: '%' is refused here
+            if "%" in literal:  # a zone id names an interface of the client, not this server
+                raise ValueError(literal)
+            name = str(ipaddress.IPv6Address(literal))
         except ValueError:
             raise _bad_host("bad IPv6 literal") from None
         rest = text[end + 1 :]
