@@ -29,13 +29,16 @@ from dataclasses import dataclass
 
 from .errors import InvalidRequestError
 
-__all__ = ("MAX_TARGET", "Authority", "Target", "canonical_path", "canonical_target", "parse_authority")
+__all__ = (
+    "DECODED_IN_PATHS", "MAX_TARGET", "Authority", "Target", "canonical_path", "canonical_target", "parse_authority"
+)
 
 MAX_TARGET = 8192  # aiohttp's request-line limit; also bounds the work done here
 
 _UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-# pchar minus ";" (RFC 3986 §3.3): legal as is, and decoded when percent-encoded.
-_PLAIN = frozenset(_UNRESERVED + "!$&'()*+,=:@")
+# pchar minus ";" (RFC 3986 §3.3): legal as is, and decoded when percent-encoded (the DPoP htu
+# comparison decodes the same set, so a proof names the path the way the router reads it).
+_PLAIN = DECODED_IN_PATHS = frozenset(_UNRESERVED + "!$&'()*+,=:@")
 # Octets that may only appear percent-encoded and stay so: printable ASCII that is not a pchar.
 _KEEP_ENCODED = frozenset(b" \"<>[]^`{|}")
 _HEX = frozenset("0123456789abcdefABCDEF")

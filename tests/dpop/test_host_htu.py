@@ -70,3 +70,27 @@ async def test_proof_for_the_real_url_passes(
         )
         assert status == 200, out[:400]
     assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("target", "htu_path"),
+    [
+        ("/accounts/a%3Ab%40c", "/accounts/a%3Ab%40c"),  # signed as sent
+        ("/accounts/a%3Ab%40c", "/accounts/a:b@c"),  # signed in canonical form
+        ("/accounts/a:b", "/accounts/a%3ab"),
+        ("/accounts/%7Eme", "/accounts/~me"),
+        ("/accounts/caf%c3%a9", "/accounts/caf%C3%A9"),
+    ],
+)
+async def test_htu_matches_the_canonical_target(
+    gateway: Any, upstream: Any, as_key: AsKey, k1: Signer, pki: Any, target: str, htu_path: str
+) -> None:
+    """The htu path is compared with the canonical path the route was chosen on and that is
+    forwarded, under the same equivalences (gateway.canonical), so a client that signs the path it
+    sends is never refused for an escape the gateway decoded."""
+    gw = await gateway(body(as_key, upstream.url))
+    token = as_key.token(jkt=k1.jkt)
+    proof = proof_for(k1, token, htu=f"https://localhost:{gw.port}{htu_path}")
+    status, out = await raw_request(gw.port, pki.client_context(), target,
+                                    headers=[("Authorization", f"DPoP {token}"), ("DPoP", proof)])
+    assert status == 200, out[:400]
