@@ -8,12 +8,15 @@ default ASCII case is ignored (``paths.case_sensitive``), so ``/API/x`` is an ``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .config import GatewayConfig, RouteConfig, UpstreamConfig
 from .errors import MethodNotAllowedError, RouteNotFoundError
 
 __all__ = ("Route", "Router")
+
+log = logging.getLogger("gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,13 @@ class Route:
 class Router:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.fold_case = not cfg.paths.case_sensitive
+        # Weaker than the default: say so at every load (issue #13 finding 9).
+        if cfg.paths.case_sensitive:
+            log.warning("paths.case_sensitive: true: /API/x does not match an /api route; safe only if "
+                        "every upstream is case-sensitive too")
+        if cfg.paths.allow_trailing_dot:
+            log.warning("paths.allow_trailing_dot: true: /api./x is accepted and can miss the /api route; "
+                        "unsafe in front of IIS/ASP.NET or Windows file systems")
         routes = []
         for rc in cfg.routes:
             m = rc.match
