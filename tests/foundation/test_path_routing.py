@@ -5,10 +5,12 @@ receives exactly the canonical path the route was chosen on. Real TLS listener, 
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import GatewayFactory, Pki, Upstream
 
 from .rawhttp import raw_request
+from .test_canonical import protected_encodings
 
 
 def routes(upstream_url: str, jwks: str) -> str:
@@ -102,3 +104,13 @@ async def test_upstream_receives_exactly_the_canonical_target(
     status, out = await raw_request(gw, pki.client_context(), target)
     assert status == 200, out[:300]
     assert upstream.last.raw_path == forwarded
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=protected_encodings())
+async def test_property_end_to_end(gw: int, upstream: Upstream, pki: Pki, raw: str) -> None:
+    """The router-level property (test_canonical.py) against the running gateway: any spelling of a
+    protected path is refused or meets the protected route's auth; the upstream sees nothing."""
+    status, out = await raw_request(gw, pki.client_context(), raw)
+    assert status in (0, 400, 401), (raw, out[:200])
+    assert upstream.requests == [], (raw, upstream.requests[-1].raw_path)
