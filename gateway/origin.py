@@ -5,7 +5,9 @@ as an RFC 3986 authority (``gateway.canonical.parse_authority``: no path, query,
 quoting; 400 otherwise) and must name this listener:
 
 * port: absent, the listener's own port, or the port of a configured external origin or
-  ``listen.allowed_hosts`` entry (400 otherwise: ``Host: api:1`` is another server's URL);
+  ``listen.allowed_hosts`` entry (400 otherwise: ``Host: api:1`` is another server's URL). An
+  absent port means the scheme's default (RFC 3986 §6.2.3): accepted (a load balancer on :443 in
+  front of the listener is common), but an htu is built from it only when that port is ours;
 * name: one of the external origins' hosts or ``listen.allowed_hosts`` when any is configured;
   else (TLS, no origin) one of the server certificate's names; else anything well-formed (plain
   HTTP without an origin: no route there may accept DPoP, the config refuses it). 421 otherwise;
@@ -40,7 +42,8 @@ class PublicRequest:
 
     authority: Authority
     proto: str
-    # True when the name is one this gateway is configured (origins, allowlist) or certified to serve.
+    # True when name and port are ones this gateway is configured (origins, allowlist) or
+    # certified to serve: only then may an htu origin be built from them.
     checked: bool
 
     def origin(self, configured: str | None) -> str:
@@ -92,7 +95,8 @@ class HostPolicy:
                 authority = parse_authority(xfh.split(",", 1)[0].strip())
                 forwarded = True
         port = authority.port
-        if port is not None and port not in self.ports and port != _listener_port(request):
+        listener_port = _listener_port(request)
+        if port is not None and port not in self.ports and port != listener_port:
             raise InvalidRequestError("invalid Host (not this server's port)", reason="bad_host")
         name = authority.name
         if self.names:
@@ -109,7 +113,8 @@ class HostPolicy:
             sni = sni_of(request.transport)
             if sni is not None and sni != name:
                 raise MisdirectedRequestError("Host does not name the TLS server name (SNI)")
-        return PublicRequest(authority, proto, checked)
+        effective = port if port is not None else _DEFAULT_PORTS[proto]
+        return PublicRequest(authority, proto, checked and (effective in self.ports or effective == listener_port))
 
 
 def _listener_port(request: web.BaseRequest) -> int | None:

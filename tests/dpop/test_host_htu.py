@@ -41,6 +41,9 @@ routes:
         ("localhost:1", "https://localhost:1/accounts/x"),
         ("localhost:{port}#", "https://localhost:{port}/"),
         ("localhost:{port}/", "https://localhost:{port}//accounts/x"),
+        # No port: the default one (RFC 3986 §6.2.3), which is not this listener's: a proof for
+        # another service on the same host name must not pass here.
+        ("localhost", "https://localhost/accounts/x"),
     ],
 )
 async def test_host_cannot_choose_the_htu(
