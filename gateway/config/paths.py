@@ -48,6 +48,11 @@ def _host_entry(value: str) -> str:
         raise ValueError(f"{exc.description}: expected host or host:port") from None
 
 
+def check_origin_authority(netloc: str) -> None:
+    """An origin's ``host[:port]`` must be what a valid Host header could say (no userinfo, port 0...)."""
+    _host_entry(netloc)
+
+
 # A route's path or path prefix: canonical, so that the router compares like with like.
 RoutePath = Annotated[str, AfterValidator(_route_path)]
 # One accepted Host: a DNS name or IP literal, optionally with a port.

@@ -19,7 +19,7 @@ from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
-from .paths import HostEntry, PathConfig, RoutePath
+from .paths import HostEntry, PathConfig, RoutePath, check_origin_authority
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -35,8 +35,10 @@ def _http_url(value: str) -> str:
 
 def _origin(value: str) -> str:
     url = _http_url(value)
-    if urlsplit(url).path not in ("", "/"):
+    parts = urlsplit(url)
+    if parts.path not in ("", "/"):
         raise ValueError("must be an origin (scheme://host[:port]) without a path")
+    check_origin_authority(parts.netloc)  # Host is compared with it (gateway.origin)
     return url
 
 

@@ -91,3 +91,10 @@ def test_routes_differing_only_in_case_collide_unless_case_sensitive() -> None:
     (problem,) = problems(two)
     assert "routes[1].match: same match as routes[0]" in problem
     parse_config(two + "paths: {case_sensitive: true}\n")
+
+
+@pytest.mark.parametrize("origin", ["https://u:p@api.example", "https://u@api.example", "https://api.example:0",
+                                    "https://api%2eexample"])
+def test_external_origin_must_be_a_plain_authority(origin: str) -> None:
+    (problem,) = problems(f"listen: {{external_origin: '{origin}'}}\n" + route("none"))
+    assert problem.startswith("t.yaml:1: listen.external_origin:"), problem
