@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 
 
 async def raw_request(
     port: int, ctx: ssl.SSLContext, target: str, *, host: str | None = None, method: str = "GET",
-    headers: list[tuple[str, str]] = (), sni: str = "localhost",  # type: ignore[assignment]
+    headers: Sequence[tuple[str, str]] = (), sni: str = "localhost", version: str = "1.1",
+    send_host: bool = True,
 ) -> tuple[int, bytes]:
     """(status, whole response); status 0 when the connection closed without a response."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=sni)
     try:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host if host is not None else f'localhost:{port}'}"]
+        lines = [f"{method} {target} HTTP/{version}"]
+        if send_host:
+            lines.append(f"Host: {host if host is not None else f'localhost:{port}'}")
         lines += [f"{k}: {v}" for k, v in headers]
         lines.append("Connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

@@ -112,3 +112,14 @@ async def test_forwarded_host_from_trusted_proxy_is_validated_too(
         assert upstream.last.header("X-Forwarded-Proto") == "https"
     else:
         assert upstream.requests == []
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_request_without_host_refused(
+    gateway: GatewayFactory, upstream: Upstream, pki: Pki, version: str
+) -> None:
+    """RFC 9112 §3.2: no Host -> 400 (HTTP/1.0 too: nothing else names the server)."""
+    gw = await gateway(open_route(upstream.url))
+    status, _ = await raw_request(gw.port, pki.client_context(), "/x", version=version, send_host=False)
+    assert status == 400
+    assert upstream.requests == []
