@@ -48,6 +48,13 @@ def _host_entry(value: str) -> str:
         raise ValueError(f"{exc.description}: expected host or host:port") from None
 
 
+def _host_name(value: str) -> str:
+    entry = _host_entry(value)
+    if parse_authority(entry).port is not None:
+        raise ValueError("a host name without a port: routes match the Host name only")
+    return parse_authority(entry).name
+
+
 def check_origin_authority(netloc: str) -> None:
     """An origin's ``host[:port]`` must be what a valid Host header could say (no userinfo, port 0...)."""
     _host_entry(netloc)
@@ -57,3 +64,5 @@ def check_origin_authority(netloc: str) -> None:
 RoutePath = Annotated[str, AfterValidator(_route_path)]
 # One accepted Host: a DNS name or IP literal, optionally with a port.
 HostEntry = Annotated[str, AfterValidator(_host_entry)]
+# A route's ``match.host``: a name as Host would carry it, lower-cased, without a port.
+HostName = Annotated[str, AfterValidator(_host_name)]

@@ -19,7 +19,7 @@ from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
-from .paths import HostEntry, PathConfig, RoutePath, check_origin_authority
+from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -119,7 +119,7 @@ def _method(value: str) -> str:
 class RouteMatch(Model):
     path_prefix: RoutePath | None = None
     path: RoutePath | None = None
-    host: str | None = None
+    host: HostName | None = None
     methods: tuple[Annotated[str, AfterValidator(_method)], ...] = ()
 
     @model_validator(mode="after")

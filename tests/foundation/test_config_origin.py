@@ -98,3 +98,10 @@ def test_routes_differing_only_in_case_collide_unless_case_sensitive() -> None:
 def test_external_origin_must_be_a_plain_authority(origin: str) -> None:
     (problem,) = problems(f"listen: {{external_origin: '{origin}'}}\n" + route("none"))
     assert problem.startswith("t.yaml:1: listen.external_origin:"), problem
+
+
+@pytest.mark.parametrize("host", ["api.example:443", "api.example/x", "u@api.example", "'a b'"])
+def test_route_match_host_must_be_a_host_name(host: str) -> None:
+    """match.host is compared with the validated Host name (no port): anything else never matches."""
+    (problem,) = problems(route("none", match=f"{{path_prefix: /a, host: {host}}}"))
+    assert "routes[0].match.host:" in problem, problem
