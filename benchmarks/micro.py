@@ -36,6 +36,7 @@ listen:
   host: 127.0.0.1
   port: 0
   tls: {{cert: "{m.server_cert}", key: "{m.server_key}", client_ca: ["{m.ca}"], client_auth: required}}
+  external_origin: {ORIGIN}
 upstreams: {{bank: {{url: "http://127.0.0.1:9"}}}}
 issuers:
   - name: bench-as

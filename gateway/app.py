@@ -20,6 +20,7 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .canonical import canonical_target
 from .challenge import ChallengeSettings, nonce_header, render_challenges
 from .config import AuthPolicy, GatewayConfig
 from .errors import (
@@ -28,22 +29,22 @@ from .errors import (
     ExpectationFailedError,
     GatewayError,
     MethodNotAllowedError,
-    MisdirectedRequestError,
     OAuthError,
     Scheme,
 )
 from .model import AuthRequest, Decision
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, Observer
+from .origin import HostPolicy
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
 from .proxy.forward import Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS, default_pseudonym
 from .revocation import Revocation, build_denylist
-from .routing import Route, Router, check_path
+from .routing import Route, Router
 from .tls.clientcerts import ClientCertificates
-from .tls.names import hostname, server_names
+from .tls.names import server_names
 
 __all__ = ("GatewayHandler", "GatewayState", "StateHolder", "build_handler", "build_pipeline", "build_state")
 
@@ -161,6 +162,8 @@ class GatewayState:
         # Without a configured external origin the URL a client signed (DPoP htu) is rebuilt from
         # Host, so Host must name this server: one of its certificate's names (DPOP-14, PRX-10).
         self.server_names = server_names(listen.tls.cert) if listen.tls is not None else None
+        self.hosts = HostPolicy(cfg, self.server_names)  # Host / X-Forwarded-Host validation
+        self.allow_trailing_dot = cfg.paths.allow_trailing_dot
 
     def is_trusted(self, remote: str | None) -> bool:
         if not self.trusted or not remote:
@@ -286,13 +289,18 @@ class GatewayHandler:
             expect = request.headers.get("Expect")
             if expect is not None and expect.lower() != "100-continue":
                 raise ExpectationFailedError("unsupported Expect")
+            remote = request.remote or ""
+            trusted = state.is_trusted(remote)
+            # Validated once; routing, htu and X-Forwarded-Host/Forwarded use only this (issue #13).
+            public = state.hosts.check(request, trusted=trusted)
             if request.method == "OPTIONS" and request.headers.get("Max-Forwards") == "0":
                 # RFC 9110 §7.6.2: the last hop answers itself.
                 status, reason = 204, None
                 return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
                                                          "x-fapi-interaction-id": fapi_id})
-            check_path(request.raw_path)
-            route = state.router.match(request.method, hostname(request.host or ""), request.path)
+            # The one canonical target: routed on, compared with htu and forwarded (issue #13).
+            target = canonical_target(request.raw_path, allow_trailing_dot=state.allow_trailing_dot)
+            route = state.router.match(request.method, public.authority.name, target.path)
             route_id = route.id
             rt = state.routes[route.id]
             challenge = rt.challenge
@@ -307,24 +315,11 @@ class GatewayHandler:
                     headers = rt.cors.preflight_headers(cors_origin)
                     headers["x-fapi-interaction-id"] = fapi_id
                     return web.Response(status=204, headers=headers)
-            remote = request.remote or ""
-            trusted = state.is_trusted(remote)
             req_headers = request.headers
-            proto = state.scheme
-            public_host = request.host
-            if trusted:
-                proto = req_headers.get("X-Forwarded-Proto", proto).split(",")[0].strip() or proto
-                fwd_host = req_headers.get("X-Forwarded-Host", "").split(",")[0].strip()
-                public_host = fwd_host or public_host
-            origin = route.config.external_origin or state.origin
-            if origin is None:
-                if not trusted and state.server_names is not None and not state.server_names.match(public_host):
-                    raise MisdirectedRequestError("this server does not serve that host")
-                origin = f"{proto}://{public_host}"
             auth_req = AuthRequest(
                 method=request.method,
-                url=origin + request.raw_path.split("?", 1)[0],
-                path=request.path,
+                url=public.origin(route.config.external_origin or state.origin) + target.path,
+                path=target.path,
                 query_string=request.query_string,
                 headers=req_headers,
                 peer_cert=state.client_certs.peer_certificate(request, authenticates=bool(challenge.schemes)),
@@ -339,8 +334,8 @@ class GatewayHandler:
             up_headers = rt.headers.upstream_request_headers(
                 req_headers,
                 client_ip=remote,
-                proto=proto,
-                host=public_host,
+                proto=public.proto,
+                host=str(public.authority),
                 fapi_id=fapi_id,
                 inject=_with_cert_header(
                     decision.upstream_headers, state.client_certs.upstream_header(auth_req.peer_cert)
@@ -360,6 +355,7 @@ class GatewayHandler:
                 max_body_bytes=route.config.max_body_bytes,
                 header_policy=rt.headers,
                 extra_response_headers=extra,
+                target=str(target),
             )
             up_s = time.perf_counter() - t_up
             status, reason = resp.status, None

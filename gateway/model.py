@@ -58,9 +58,10 @@ class PeerCertificate:
 class AuthRequest:
     """What the auth decision needs to know about a request, independent of how it arrived.
 
-    ``url`` is the URL the client saw (external origin + raw path, no query): the DPoP ``htu``
-    is compared with it. It is built from configuration (and trusted forwarded headers), never
-    from an untrusted Host header.
+    ``url`` is the URL the client saw (external origin + canonical path, no query): the DPoP
+    ``htu`` is compared with it. It is built from configuration, or from a Host / trusted
+    forwarded header validated against it (``gateway.origin``), never from an unchecked one;
+    ``""`` when no origin can be trusted (every proof then fails). ``path`` is the canonical path.
     """
 
     method: str

@@ -193,6 +193,7 @@ def gateway_yaml(pki: Pki, body: str, *, client_auth: str = "optional", profile:
         client_ca: [{pki.ca_pem}]
         client_auth: {client_auth}
         profile: {profile}
+      allowed_hosts: [localhost, 127.0.0.1]  # the names tests connect with (and DPoP htu host)
     admin: {{host: 127.0.0.1, port: 0}}
     """
     return textwrap.dedent(head) + textwrap.dedent(body)

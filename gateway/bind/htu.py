@@ -2,8 +2,10 @@
 
 Query and fragment are ignored on both sides (RFC 9449 §4.3; the OIDF FAPI 2.0 suite sends an
 ``htu`` carrying ``?x=1#f`` and expects success). Normalisation: scheme and host lower-cased,
-the default port dropped, percent-encodings of unreserved characters decoded and the others
-upper-cased, dot segments removed, an empty path made ``/``. The path stays case-sensitive.
+the default port dropped, percent-encodings of unreserved characters decoded (in the path also
+the sub-delims, ``:`` and ``@`` that ``gateway.canonical`` decodes in the request path, which the
+request URL is built from) and the others upper-cased, dot segments removed, an empty path made
+``/``. The path stays case-sensitive.
 Userinfo is refused: a proof has no business naming credentials.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from ..canonical import DECODED_IN_PATHS
 
 __all__ = ("NormalizedUrl", "compare_htu", "normalize_url", "strip_query_fragment")
 
@@ -43,8 +47,8 @@ def strip_query_fragment(url: str) -> str:
     return url[:cut]
 
 
-def _pct_normalize(text: str) -> str:
-    """RFC 3986 §6.2.2.1/§6.2.2.2: decode unreserved characters, upper-case the remaining escapes."""
+def _pct_normalize(text: str, decoded: frozenset[str] = _UNRESERVED) -> str:
+    """RFC 3986 §6.2.2.1/§6.2.2.2: decode ``decoded`` characters, upper-case the remaining escapes."""
     if "%" not in text:
         return text
     if text.count("%") != len(_PCT.findall(text)):
@@ -52,7 +56,7 @@ def _pct_normalize(text: str) -> str:
 
     def repl(m: re.Match[str]) -> str:
         char = chr(int(m.group(1), 16))
-        return char if char in _UNRESERVED else "%" + m.group(1).upper()
+        return char if char in decoded else "%" + m.group(1).upper()
 
     return _PCT.sub(repl, text)
 
@@ -110,7 +114,7 @@ def normalize_url(url: str) -> NormalizedUrl:
     if port == _DEFAULT_PORTS[scheme]:
         port = ""
     host = _pct_normalize(host).lower()
-    path = _remove_dot_segments(_pct_normalize(path)) if path else "/"
+    path = _remove_dot_segments(_pct_normalize(path, DECODED_IN_PATHS)) if path else "/"
     return NormalizedUrl(scheme, host, port, path)
 
 

@@ -19,6 +19,7 @@ from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
+from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority
 from .proxy import ProxyConfig
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 
@@ -36,8 +37,10 @@ def _http_url(value: str) -> str:
 
 def _origin(value: str) -> str:
     url = _http_url(value)
-    if urlsplit(url).path not in ("", "/"):
+    parts = urlsplit(url)
+    if parts.path not in ("", "/"):
         raise ValueError("must be an origin (scheme://host[:port]) without a path")
+    check_origin_authority(parts.netloc)  # Host is compared with it (gateway.origin)
     return url
 
 
@@ -72,6 +75,9 @@ class Listen(Model):
     external_origin: Origin | None = None
     # Peers allowed to set X-Forwarded-* / client-certificate headers.
     trusted_proxies: tuple[Cidr, ...] = ()
+    # Host values accepted besides the external origins' (``name`` or ``name:port``); without an
+    # external origin, the DPoP htu is built from a Host on this list.
+    allowed_hosts: tuple[HostEntry, ...] = ()
 
 
 class Admin(Model):
@@ -107,12 +113,6 @@ class UpstreamConfig(Model):
         return self
 
 
-def _path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError("must start with /")
-    return value
-
-
 def _method(value: str) -> str:
     up = value.upper()
     if up not in HTTP_METHODS:
@@ -121,9 +121,9 @@ def _method(value: str) -> str:
 
 
 class RouteMatch(Model):
-    path_prefix: Annotated[str, AfterValidator(_path)] | None = None
-    path: Annotated[str, AfterValidator(_path)] | None = None
-    host: str | None = None
+    path_prefix: RoutePath | None = None
+    path: RoutePath | None = None
+    host: HostName | None = None
     methods: tuple[Annotated[str, AfterValidator(_method)], ...] = ()
 
     @model_validator(mode="after")
@@ -193,6 +193,7 @@ class GatewayConfig(Model):
     lifecycle: LifecycleConfig = LifecycleConfig()
     revocation: RevocationConfig = RevocationConfig()
     proxy: ProxyConfig = ProxyConfig()
+    paths: PathConfig = PathConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -213,7 +214,10 @@ class GatewayConfig(Model):
                         f"{where}.upstream: {route.upstream!r} is neither a name under upstreams: nor a URL"
                     )
             m = route.match
-            key = (m.path_prefix, m.path, m.host, frozenset(m.methods))
+            prefix, path = m.path_prefix, m.path
+            if not self.paths.case_sensitive:  # the router ignores case: so does "same match"
+                prefix, path = prefix and prefix.lower(), path and path.lower()
+            key = (prefix, path, m.host, frozenset(m.methods))
             if key in seen_match:
                 problems.append(
                     f"{where}.match: same match as routes[{seen_match[key]}]; this route can never match"
@@ -229,6 +233,15 @@ class GatewayConfig(Model):
                     problems.append(
                         f"{where}.auth.sender_constraint: mtls needs client certificates "
                         "(listen.tls.client_auth is none and no front-proxy source is configured)"
+                    )
+                if route.auth.sender_constraint in ("dpop", "any") and not (
+                    route.external_origin or self.listen.external_origin or self.listen.allowed_hosts
+                ):
+                    problems.append(
+                        f"{where}.external_origin: the route accepts DPoP (sender_constraint: "
+                        f"{route.auth.sender_constraint}) but no public origin is configured; set "
+                        f"listen.external_origin, {where}.external_origin or listen.allowed_hosts "
+                        "(the DPoP htu is never built from an unchecked Host)"
                     )
                 if route.auth.require_dpop_nonce and self.dpop.nonce is None:
                     problems.append(

@@ -1,7 +1,8 @@
 """Streaming forwarder: one keep-alive connection pool per upstream (``proxy/http1.py``).
 
-Bodies are streamed in both directions (a 1 GB upload never sits in memory); the method, raw path
-and query are sent exactly as received; upstream failures map to 502/504 without internal detail.
+Bodies are streamed in both directions (a 1 GB upload never sits in memory); the method and the
+canonical request target (``gateway.canonical``: the path the route was chosen on, the query as
+received) are sent; upstream failures map to 502/504 without internal detail.
 """
 
 from __future__ import annotations
@@ -101,8 +102,12 @@ class Forwarder:
         max_body_bytes: int,
         header_policy: HeaderPolicy,
         extra_response_headers: Iterable[tuple[str, str]] = (),
+        target: str | None = None,
     ) -> tuple[web.StreamResponse, int]:
-        """Returns the (already prepared and written) response and the upstream's status."""
+        """Returns the (already prepared and written) response and the upstream's status.
+
+        ``target``: the canonical request target the route was chosen on (``gateway.canonical``);
+        the raw one only when a caller has none."""
         length = request.content_length
         if length is not None and length > max_body_bytes:
             raise _too_large()
@@ -115,7 +120,7 @@ class Forwarder:
                 body = first if whole else _limited(request, max_body_bytes, first)
             else:
                 body = _limited(request, max_body_bytes)
-        up = await upstream.pool.request(request.method, request.raw_path, headers, body, length=length)
+        up = await upstream.pool.request(request.method, target or request.raw_path, headers, body, length=length)
         try:
             headers_out = header_policy.client_response_headers(up.headers)
             for name, value in extra_response_headers:

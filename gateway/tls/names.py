@@ -1,17 +1,37 @@
-"""The host names a listener serves, read from its certificate (RFC 6125 style matching).
+"""The host names a listener serves, read from its certificate (RFC 6125 style matching), and
+the SNI name each TLS connection asked for.
 
-Used when no ``external_origin`` is configured: a request's Host must be one of these names, so
-a client cannot make the gateway rebuild a foreign URL as "the URL it signed" (DPoP ``htu``).
+Used when no ``external_origin`` or ``allowed_hosts`` is configured: a request's Host must be one
+of these names, so a client cannot make the gateway rebuild a foreign URL as "the URL it signed"
+(DPoP ``htu``). Where the client sent SNI, Host must name the same server (RFC 9110 §7.4: 421).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
-__all__ = ("ServerNames", "hostname", "server_names")
+__all__ = ("ServerNames", "hostname", "remember_sni", "server_names", "sni_of")
+
+# SSLObject -> the SNI host name of its ClientHello. Server-side SSLObjects do not expose it, so
+# the listening context's sni_callback records it here; weak keys: gone with the connection.
+_SNI: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def remember_sni(ssl_object: Any, server_name: str | None) -> None:
+    """Called from the listener's ``sni_callback``."""
+    if server_name:
+        _SNI[ssl_object] = server_name.lower().rstrip(".")
+
+
+def sni_of(transport: Any) -> str | None:
+    """The SNI name the client sent on this connection, or None (no TLS, no SNI, IP literal)."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return _SNI.get(ssl_object) if ssl_object is not None else None
 
 
 def hostname(host: str) -> str:

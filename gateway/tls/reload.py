@@ -33,6 +33,7 @@ from ..config.schema import ListenerTls
 from ..tasks import stop_tasks
 from .anchors import TrustAnchorSet
 from .crl import FileStamp, file_stamp
+from .names import remember_sni
 from .pinning import NO_PINS, Pins
 
 __all__ = ("ContextBuilder", "TlsContextManager")
@@ -109,6 +110,7 @@ class TlsContextManager:
         return Pins(self._anchors.all()) if self._anchors is not None else NO_PINS
 
     def _on_client_hello(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> int | None:
+        remember_sni(ssl_object, server_name)  # Host is compared with it (gateway.origin)
         current = self._current
         if current is not ctx:
             ssl_object.context = current

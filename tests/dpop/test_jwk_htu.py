@@ -147,3 +147,20 @@ def test_normalize_never_raises_anything_but_valueerror(tail: str) -> None:
             continue
         assert normalize_url(str(n)) == n
         assert compare_htu(url, str(n)) is None
+
+
+@pytest.mark.parametrize(
+    ("claimed", "request_url"),
+    [
+        ("https://x/a%3Ab%40c%21", "https://x/a:b@c!"),  # the gateway's canonical path decodes these
+        ("https://x/a%3ab", "https://x/a:b"),
+    ],
+)
+def test_htu_decodes_what_the_canonical_path_decodes(claimed: str, request_url: str) -> None:
+    """The request URL is built from gateway.canonical's path; the claim is read the same way."""
+    assert compare_htu(claimed, request_url) is None
+
+
+def test_htu_keeps_structural_escapes_distinct() -> None:
+    for claimed in ("https://x/a%3Bb", "https://x/a%2Fb", "https://x/a%3Fb"):
+        assert compare_htu(claimed, "https://x/a" + {"%3B": ";", "%2F": "/", "%3F": "?"}[claimed[11:14]] + "b")

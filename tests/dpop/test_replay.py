@@ -179,6 +179,7 @@ def test_workers_with_memory_backend_refused_at_load() -> None:
     from gateway.errors import ConfigError
 
     text = """
+listen: {external_origin: "https://api.example"}
 lifecycle: {workers: 2}
 issuers:
   - {name: as, issuer: "https://as.example", jwks_uri: "https://as.example/jwks"}

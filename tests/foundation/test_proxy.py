@@ -6,6 +6,7 @@ Checklist: PRX-01..05 (hop-by-hop, Connection-nominated, Via, forwarding headers
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import uuid
 
@@ -210,24 +211,40 @@ async def test_large_upload_and_download_stream_in_bounded_memory(
 async def test_host_must_name_this_server_without_external_origin(
     gateway: GatewayFactory, upstream: Upstream, pki: Pki
 ) -> None:
-    """PRX-10 / DPOP-14: with no external_origin, Host is what the DPoP htu is rebuilt from, so a
-    Host the server certificate does not cover gets 421 and is never used."""
-    gw = await gateway(open_route(upstream.url))
+    """PRX-10 / DPOP-14: with no external_origin and no allowed_hosts, Host must be one of the server
+    certificate's names (421 otherwise) and agree with the SNI name where one was sent."""
+    text = re.sub(r"\n *allowed_hosts:.*", "", gateway_yaml(pki, open_route(upstream.url)))
+    gw = await gateway(text, raw=True)
     async with aiohttp.ClientSession() as s:
-        for host, expected in (("localhost", 200), (f"127.0.0.1:{gw.port}", 200), ("evil.example", 421),
-                               (f"evil.example:{gw.port}", 421)):
-            r = await s.get(f"https://localhost:{gw.port}/x", ssl=pki.client_context(), headers={"Host": host})
-            assert r.status == expected, host
-    assert len(upstream.requests) == 2
+        for base, host, expected in (
+            ("localhost", "localhost", 200),
+            ("localhost", f"localhost:{gw.port}", 200),
+            ("127.0.0.1", f"127.0.0.1:{gw.port}", 200),  # an IP literal: no SNI sent
+            ("localhost", f"127.0.0.1:{gw.port}", 421),  # SNI localhost, Host another name
+            ("localhost", "evil.example", 421),
+            ("127.0.0.1", f"evil.example:{gw.port}", 421),
+        ):
+            r = await s.get(f"https://{base}:{gw.port}/x", ssl=pki.client_context(), headers={"Host": host})
+            assert r.status == expected, (base, host)
+    assert len(upstream.requests) == 3
 
 
-async def test_external_origin_makes_host_irrelevant(gateway: GatewayFactory, upstream: Upstream, pki: Pki) -> None:
-    text = gateway_yaml(pki, open_route(upstream.url)).replace(
+async def test_external_origin_names_the_only_accepted_host(
+    gateway: GatewayFactory, upstream: Upstream, pki: Pki
+) -> None:
+    """With an external origin, Host must be its host (or on listen.allowed_hosts): another name is
+    421, the origin's port or the listener's is fine, any other port is 400 (issue #13)."""
+    text = re.sub(r"\n *allowed_hosts:.*", "", gateway_yaml(pki, open_route(upstream.url))).replace(
         "admin:", "  external_origin: https://api.bank.example\nadmin:", 1)
     gw = await gateway(text, raw=True)
     async with aiohttp.ClientSession() as s:
-        r = await s.get(f"https://localhost:{gw.port}/x", ssl=pki.client_context(), headers={"Host": "other.example"})
-        assert r.status == 200
+        for host, expected in (("other.example", 421), ("localhost", 421), ("api.bank.example", 200),
+                               ("api.bank.example:443", 200), (f"api.bank.example:{gw.port}", 200),
+                               ("api.bank.example:8443", 400)):
+            r = await s.get(f"https://127.0.0.1:{gw.port}/x", ssl=pki.client_context(), headers={"Host": host})
+            assert r.status == expected, host
+    assert [r.header("X-Forwarded-Host") for r in upstream.requests] == [
+        "api.bank.example", "api.bank.example:443", f"api.bank.example:{gw.port}"]
 
 
 def test_generated_interaction_ids_are_random_v4_uuids() -> None:

@@ -69,6 +69,7 @@ def example_env(auth_server: AuthServer, pki: Pki, upstream_url: str, self_signe
     return {
         "LISTEN_HOST": "127.0.0.1",
         "LISTEN_PORT": "0",
+        "PUBLIC_HOST": "127.0.0.1",  # what the clients connect to (and sign as DPoP htu)
         "ADMIN_PORT": "0",
         "GATEWAY_TLS_CERT": str(cert),
         "GATEWAY_TLS_KEY": str(key),

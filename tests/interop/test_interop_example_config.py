@@ -31,6 +31,7 @@ def test_example_config_parses_with_production_defaults(tmp_path: Path, monkeypa
     env = {name: str(path) for name, path in files.items()}
     env |= {
         "AS_ISSUER": "https://as.bank.example",
+        "PUBLIC_HOST": "api.bank.example",
         "GATEWAY_INTROSPECTION_SECRET": "s3cret-from-the-vault",
         "API_AUDIENCE": "https://api.bank.example/jwt",
         "API_OPAQUE_AUDIENCE": "https://api.bank.example/opaque",
@@ -53,6 +54,7 @@ def test_example_config_parses_with_production_defaults(tmp_path: Path, monkeypa
     assert issuer.introspection.endpoint == "https://as.bank.example/token/introspection"
     assert "RS256" not in issuer.algorithms
     assert cfg.listen.port == 8443
+    assert cfg.listen.allowed_hosts == ("api.bank.example",)
     routes = {r.id: r for r in cfg.routes}
     assert set(routes) == {"accounts", "payments", "consents"}
     consents = routes["consents"].auth

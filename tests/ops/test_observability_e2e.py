@@ -80,7 +80,7 @@ class Tokens:
 def config(d: Path, upstream: str, tokens: Tokens, *, tls: str = "") -> Path:
     path = d / "gw.yaml"
     path.write_text(textwrap.dedent(f"""
-        listen: {{host: 127.0.0.1, port: 0{tls}}}
+        listen: {{host: 127.0.0.1, port: 0, allowed_hosts: [localhost, 127.0.0.1]{tls}}}
         admin: {{host: 127.0.0.1, port: 0}}
         observability:
           log_level: debug

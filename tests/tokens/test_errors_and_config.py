@@ -44,6 +44,7 @@ def test_cryptography_exceptions_map(exc: BaseException) -> None:
 
 
 BASE = """
+listen: {external_origin: "https://api.example"}
 routes:
   - id: r
     match: {path_prefix: /}
