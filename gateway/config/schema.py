@@ -220,6 +220,13 @@ class GatewayConfig(Model):
                         f"{where}.auth.sender_constraint: mtls needs client certificates "
                         "(listen.tls.client_auth is none and no front-proxy source is configured)"
                     )
+                uncovered = route.auth.methods_without_rule(m.methods or HTTP_METHODS)
+                if uncovered:
+                    problems.append(
+                        f"{where}.auth.method_scopes: no scope rule for {', '.join(uncovered)}, which this "
+                        "route matches; add them, give scopes: (the default for other methods) "
+                        "or limit match.methods"
+                    )
                 if route.auth.require_dpop_nonce and self.dpop.nonce is None:
                     problems.append(
                         f"{where}.auth.require_dpop_nonce: needs dpop.nonce (shared nonce secrets)"
