@@ -15,13 +15,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from .base import Model
 
-__all__ = ("DpopAlgorithm", "DpopConfig", "NonceConfig", "RedisReplayConfig", "ReplayConfig", "check_workers")
+if TYPE_CHECKING:
+    from .schema import GatewayConfig
+
+__all__ = (
+    "DpopAlgorithm", "DpopConfig", "NonceConfig", "RedisReplayConfig", "ReplayConfig", "check_process",
+    "check_workers",
+)
 
 # "Ed25519" is RFC 9864's fully specified name for EdDSA over Ed25519 (oauth4webapi signs with it).
 DpopAlgorithm = Literal["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA", "Ed25519"]
@@ -123,3 +129,18 @@ def check_workers(cfg: DpopConfig, workers: int) -> str | None:
             "use backend: redis or run one worker per gateway instance"
         )
     return None
+
+
+def check_process(cfg: GatewayConfig, workers: int) -> str | None:
+    """The problem with running ``cfg`` in a process with ``workers`` workers, or ``None``.
+
+    ``workers`` is what the process actually runs (``--workers`` wins over the file), so this is
+    checked at start-up, by every worker the supervisor (re)starts and on every reload: a file
+    that is valid by itself may still not fit the running process.
+    """
+    from .auth import AuthPolicy
+
+    # Any authenticated route may see a DPoP-bound token, so the replay store must span workers.
+    if not any(isinstance(r.auth, AuthPolicy) for r in cfg.routes):
+        return None
+    return check_workers(cfg.dpop, workers)
