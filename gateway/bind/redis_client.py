@@ -131,6 +131,8 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
+        # Set by PipelinedRedis: a new number for every new connection (see connection_number).
+        self.number = 0
 
     @property
     def in_flight(self) -> int:
@@ -252,6 +254,7 @@ class PipelinedRedis:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._waiting = 0  # callers waiting for a connection: counted in the in-flight bound
         self._closed = False
+        self._opened_count = 0
 
     @classmethod
     def from_url(cls, url: str, *, connect_timeout_s: float, timeout_s: float, max_in_flight: int) -> PipelinedRedis:
@@ -266,6 +269,27 @@ class PipelinedRedis:
         if conn.in_flight + self._waiting >= self._max_in_flight:
             raise RedisUnavailableError("too many commands in flight")
         return await conn.send(command)
+
+    @property
+    def connection_number(self) -> int:
+        """The number of the live connection (0: none). It changes with every new connection, so
+        a caller can tell whether two replies came from the same Redis server run: a restart or
+        a failover always closes the connection."""
+        conn = self._conn
+        return conn.number if conn is not None and not conn.closed else 0
+
+    async def execute_together(self, *commands: bytes) -> tuple[list[Any], int]:
+        """Send ``commands`` in one write on one connection: their replies, and that connection's number."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        if conn.in_flight + self._waiting + len(commands) > self._max_in_flight:
+            raise RedisUnavailableError("too many commands in flight")
+        replies = await asyncio.gather(*(conn.send(c) for c in commands), return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return list(replies), conn.number
 
     async def ping(self) -> None:
         if await self.execute(b"*1\r\n$4\r\nPING\r\n") != b"PONG":
@@ -296,6 +320,8 @@ class PipelinedRedis:
         if self._closed:
             conn.close()
         else:
+            self._opened_count += 1
+            conn.number = self._opened_count
             self._conn = conn
 
     async def _open(self) -> _Connection:
