@@ -11,6 +11,10 @@
         backend: redis                      # memory: one process only
         redis: {url: "redis://127.0.0.1:6379/0"}
         on_unavailable: fail_closed
+
+Redis must keep every jti for its TTL: AOF persistence (``appendfsync everysec`` at least) and
+``maxmemory-policy noeviction``. A proof issued before the store's memory began (its epoch, see
+``gateway.bind.replay``) is refused whatever Redis does.
 """
 
 from __future__ import annotations
