@@ -83,12 +83,16 @@ class RedisEndpoint:
         return f"RedisEndpoint({where}, tls={self.ssl is not None})"
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout_s: float, timeout_s: float) -> RedisEndpoint:
-        """Parse ``url`` exactly as ``redis.asyncio.Redis.from_url`` would (query options win)."""
+    def from_url(
+        cls, url: str, *, connect_timeout_s: float, timeout_s: float, password: str | None = None
+    ) -> RedisEndpoint:
+        """Parse ``url`` exactly as ``redis.asyncio.Redis.from_url`` would (query options win;
+        ``password`` is used when the URL has none)."""
         from redis.asyncio import ConnectionPool
         from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
-        pool = ConnectionPool.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s)
+        extra = {"password": password} if password else {}
+        pool = ConnectionPool.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s, **extra)
         # An unconnected redis-py connection: only its settings are read.
         conn: Any = pool.make_connection()  # type: ignore[no-untyped-call]
         handshake: list[bytes] = []
@@ -257,8 +261,12 @@ class PipelinedRedis:
         self._opened_count = 0
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout_s: float, timeout_s: float, max_in_flight: int) -> PipelinedRedis:
-        endpoint = RedisEndpoint.from_url(url, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
+    def from_url(
+        cls, url: str, *, connect_timeout_s: float, timeout_s: float, max_in_flight: int, password: str | None = None
+    ) -> PipelinedRedis:
+        endpoint = RedisEndpoint.from_url(
+            url, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s, password=password
+        )
         return cls(endpoint, max_in_flight=max_in_flight)
 
     async def execute(self, command: bytes) -> Any:

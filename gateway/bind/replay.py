@@ -181,7 +181,8 @@ class RedisReplayStore:
     def _connect_pipelined(self) -> PipelinedRedis:
         cfg = self._cfg
         return PipelinedRedis.from_url(
-            cfg.url, connect_timeout_s=cfg.connect_timeout_s, timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight
+            cfg.url, connect_timeout_s=cfg.connect_timeout_s, timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight,
+            password=cfg.password.get_secret_value() if cfg.password is not None else None,
         )
 
     def _connect_redis_py(self) -> Any:
@@ -201,10 +202,17 @@ class RedisReplayStore:
             # that refuses a request, it never lets one through.
             "retry": Retry(NoBackoff(), 1),
         }
+        if cfg.password is not None:
+            common["password"] = cfg.password.get_secret_value()
         if cfg.mode == "cluster":
             return RedisCluster.from_url(cfg.url, **common)
         hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-        sentinel = Sentinel(hosts, **common)
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s,
+        }
+        if cfg.sentinel_password is not None:
+            sentinel_kwargs["password"] = cfg.sentinel_password.get_secret_value()
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **common)
         return sentinel.master_for(cfg.service_name or "", max_connections=cfg.max_connections)
 
     def _open(self) -> None:

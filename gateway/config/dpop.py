@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from .base import Model
 
@@ -62,6 +62,10 @@ class RedisReplayConfig(Model):
     # sentinel mode: host:port of each sentinel and the monitored service name.
     sentinels: tuple[str, ...] = ()
     service_name: str | None = None
+    # Kept apart from the URL so that it can come from a secret ("${GATEWAY_REDIS_PASSWORD}");
+    # a password in the URL wins. sentinel_password: for sentinels that require AUTH themselves.
+    password: SecretStr | None = None
+    sentinel_password: SecretStr | None = None
     key_prefix: str = "gateway:dpop:jti:"
     connect_timeout_s: Seconds = 0.5
     timeout_s: Seconds = 0.5
