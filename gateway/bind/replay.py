@@ -235,6 +235,8 @@ class RedisReplayStore:
             log.warning("DPoP replay store: Redis not reachable at start-up (%s)", type(exc).__name__)
 
     async def close(self) -> None:
+        # A reopened client numbers its connections afresh: the epoch must be read again.
+        self._epoch, self._epoch_connection, self._epoch_until = None, 0, 0.0
         pipelined, self._pipelined = self._pipelined, None
         if pipelined is not None:
             await pipelined.close()
