@@ -238,7 +238,7 @@ async def build(cfg: Any, clock: SimClock) -> Pipeline:
 
     replay = None
     if cfg.dpop.replay.backend == "memory":
-        replay = MemoryReplayStore(max_entries=cfg.dpop.replay.max_entries, clock=clock)
+        replay = MemoryReplayStore(max_entries=cfg.dpop.replay.max_entries, clock=clock, began=clock())
     binder = Binder(cfg.dpop, replay=replay, clock=clock)
     verifier = AccessTokenVerifier(cfg.issuers, clock=clock)
     await binder.start()

@@ -74,11 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _load(args.config)
         if cfg is None:
             return EXIT_CONFIG
-        from .config.dpop import check_workers
+        from .config.dpop import check_process
         from .server import run
 
-        has_auth = any(isinstance(r.auth, AuthPolicy) for r in cfg.routes)
-        problem = check_workers(cfg.dpop, args.workers or cfg.lifecycle.workers) if has_auth else None
+        problem = check_process(cfg, args.workers or cfg.lifecycle.workers)
         if problem:
             print(f"{args.config}: invalid configuration:\n  {problem}", file=sys.stderr)
             return EXIT_CONFIG

@@ -3,7 +3,8 @@ RFC 9700 §2.3, FAPI 1.0 Part 1 §6.2.1 items 5-7).
 
 - ``aud`` must contain one of the route's audiences, exactly -> else 401 ``invalid_token``.
 - Scopes (RFC 6749 §3.3 tokens, case-sensitive): all of the method's required scopes, and one
-  of ``any_of`` if set -> else 403 ``insufficient_scope`` with the ``scope`` attribute.
+  of ``any_of`` if set -> else 403 ``insufficient_scope`` with the ``scope`` attribute. A method
+  with no scope rule (``method_scopes`` without ``scopes``) -> 403, whatever the token holds.
 - ``client_ids`` allowlist and ``required_claims`` values -> else 403 ``insufficient_scope``
   (the token is fine, it just does not grant this).
 - On success: verified identity headers for the upstream, and the binding's response headers.
@@ -56,6 +57,11 @@ def check_policy(req: AuthRequest, token: VerifiedToken, binding: Binding, polic
             "the access token is not meant for this resource (aud)", reason="wrong_audience", scheme=scheme
         )
     required = policy.required_scopes(req.method)
+    if required is None:
+        # AUTHZ-02c: the config check refuses such routes; this keeps a policy built any other way closed.
+        raise InsufficientScopeError(
+            "this method is not permitted on this resource", reason="method_not_permitted", scheme=scheme
+        )
     if not required <= token.scopes or (policy.any_of_set and policy.any_of_set.isdisjoint(token.scopes)):
         # RFC 6750 §3: scope lists what would be sufficient (the all-of set, or all-of + any_of).
         needed = sorted(required)

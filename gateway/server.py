@@ -40,6 +40,7 @@ from aiohttp import web
 from .admin import Readiness, build_admin_app
 from .app import GatewayHandler, GatewayState, StateHolder, build_handler, build_state
 from .config import GatewayConfig, load_config
+from .config.dpop import check_process
 from .errors import ConfigError
 from .observability.accesslog import AccessLog
 from .observability.health import RedisProbe, stage_ready
@@ -91,8 +92,11 @@ class GatewayServer:
         ssl_context: ssl.SSLContext | None = None,
         config_path: str | None = None,
         access_log: AccessLog | None = None,
+        workers: int = 1,
     ) -> None:
         self.cfg = cfg
+        # Worker processes this one runs among: every reloaded config is checked against it.
+        self.workers = workers
         self.reuse_port = reuse_port
         self.metrics = metrics or Metrics(
             route_ids=[r.id for r in cfg.routes],
@@ -226,6 +230,11 @@ class GatewayServer:
                 new_cfg = await asyncio.to_thread(load_config, self.config_path)
             except ConfigError as exc:
                 log.error("config reload refused, keeping the running config: %s", exc)
+                self.metrics.config_reload(False)
+                return False
+            problem = check_process(new_cfg, self.workers)
+            if problem:
+                log.error("config reload refused, keeping the running config: %s: %s", self.config_path, problem)
                 self.metrics.config_reload(False)
                 return False
             new_state: GatewayState | None = None

@@ -20,6 +20,7 @@ import tempfile
 import time
 
 from .config import load_config
+from .config.dpop import check_process
 from .errors import ConfigError
 from .observability.logsetup import configure_logging
 from .observability.multiprocess import ENV_DIR
@@ -30,7 +31,7 @@ __all__ = ("supervise",)
 log = logging.getLogger("gateway")
 
 
-def _worker_main(config_path: str, log_level: str) -> None:
+def _worker_main(config_path: str, log_level: str, workers: int) -> None:
     """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
     configure_logging(log_level)
     try:
@@ -38,7 +39,12 @@ def _worker_main(config_path: str, log_level: str) -> None:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         sys.exit(78)
-    run_loop(GatewayServer(cfg, reuse_port=True, config_path=config_path))
+    # A restarted worker reads the file as it is now, which may no longer fit N workers.
+    problem = check_process(cfg, workers)
+    if problem:
+        print(f"{config_path}: invalid configuration:\n  {problem}", file=sys.stderr)
+        sys.exit(78)
+    run_loop(GatewayServer(cfg, reuse_port=True, config_path=config_path, workers=workers))
 
 
 def supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: float) -> int:
@@ -63,7 +69,7 @@ def _supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: f
         signal.signal(sig, remember)
 
     def start_one() -> multiprocessing.process.BaseProcess:
-        p = ctx.Process(target=_worker_main, args=(config_path, log_level), daemon=False)
+        p = ctx.Process(target=_worker_main, args=(config_path, log_level, workers), daemon=False)
         p.start()
         return p
 

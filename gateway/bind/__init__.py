@@ -27,10 +27,11 @@ __all__ = ("Binder", "DpopVerifier", "NonceIssuer", "VerifiedProof", "build_repl
 CertificateCheck = Callable[[VerifiedToken, PeerCertificate | None], Binding]
 
 
-def build_replay_store(cfg: DpopConfig) -> ReplayStore:
+def build_replay_store(cfg: DpopConfig, clock: Callable[[], float] = time.time) -> ReplayStore:
+    """``clock``: the wall clock proofs are judged by, which also dates the store's epoch."""
     if cfg.replay.backend == "redis":
-        return RedisReplayStore(cfg.replay.redis)
-    return MemoryReplayStore(max_entries=cfg.replay.max_entries)
+        return RedisReplayStore(cfg.replay.redis, clock=clock)
+    return MemoryReplayStore(max_entries=cfg.replay.max_entries, began=clock())
 
 
 class Binder:
@@ -56,7 +57,7 @@ class Binder:
                 clock_skew_s=cfg.nonce.clock_skew_s,
                 clock=clock,
             )
-        self.replay = replay if replay is not None else build_replay_store(cfg)
+        self.replay = replay if replay is not None else build_replay_store(cfg, clock)
         self.dpop = DpopVerifier(cfg, replay=self.replay, nonces=nonces, clock=clock)
         self._check_certificate = certificate_check or check_certificate_binding
 

@@ -299,9 +299,12 @@ class DpopVerifier:
         now = self._clock()
         next_nonce: str | None = None
         nonce_valid = False
+        issued_at = float(claims["iat"])  # how fresh the proof is: iat, or the time of a valid server nonce
         if self._nonces is not None and nonce is not None:
             check = self._nonces.check(nonce)
             nonce_valid = check.valid
+            if check.valid:
+                issued_at = check.issued_at
             if check.valid and check.remaining_s < self._refresh_before_s:
                 next_nonce = self._nonces.issue()
         if require_nonce and not nonce_valid:
@@ -314,8 +317,11 @@ class DpopVerifier:
 
         # RFC 9449 §11.1: jti single use, recorded only now that everything else passed, so an
         # unsigned or otherwise invalid proof cannot poison the store.
+        began: float | None = None
         try:
             first = await self._replay.first_use(replay_key(header.jwk.thumbprint, jti), self._replay_ttl_s)
+            if first:
+                began = await self._replay.memory_began()
         except ReplayStoreUnavailableError:
             if self._cfg.replay.on_unavailable == "fail_open_safe_methods" and method in _SAFE_METHODS:
                 first = True
@@ -323,4 +329,18 @@ class DpopVerifier:
                 raise
         if not first:
             raise _bad("DPoP proof has already been used (jti replay)", "dpop_replay")
+        # A proof issued before the store's memory began may have been used against the memory
+        # that is gone (Redis restarted empty, flushed or failed over; a restarted process with
+        # the memory store): "first use" cannot be known, so it is refused. Whole seconds, as iat.
+        if began is not None and issued_at < math.floor(began):
+            if self._nonces is not None:
+                # Recoverable at once: a proof with this nonce is fresher than the store.
+                raise UseDpopNonceError(
+                    "DPoP proof predates the replay store's memory; use the DPoP-Nonce",
+                    nonce=self._nonces.issue(),
+                    reason="dpop_predates_replay_store",
+                )
+            raise _bad(
+                "DPoP proof predates the replay store's memory; sign a new proof", "dpop_predates_replay_store"
+            )
         return VerifiedProof(jkt=header.jwk.thumbprint, jti=jti, next_nonce=next_nonce)

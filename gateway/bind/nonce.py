@@ -34,6 +34,8 @@ class NonceCheck:
     valid: bool
     # Seconds the nonce has left (valid nonces only): drives sending a fresh one before it expires.
     remaining_s: float = 0.0
+    # When we issued it (valid nonces only): a proof's freshness when it carries a valid nonce.
+    issued_at: float = 0.0
 
 
 _INVALID = NonceCheck(False)
@@ -88,4 +90,4 @@ class NonceIssuer:
         age = now - issued_at
         if age < -self._skew_s or age > self._lifetime_s:
             return _INVALID
-        return NonceCheck(True, remaining_s=self._lifetime_s - age)
+        return NonceCheck(True, remaining_s=self._lifetime_s - age, issued_at=float(issued_at))

@@ -83,12 +83,16 @@ class RedisEndpoint:
         return f"RedisEndpoint({where}, tls={self.ssl is not None})"
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout_s: float, timeout_s: float) -> RedisEndpoint:
-        """Parse ``url`` exactly as ``redis.asyncio.Redis.from_url`` would (query options win)."""
+    def from_url(
+        cls, url: str, *, connect_timeout_s: float, timeout_s: float, password: str | None = None
+    ) -> RedisEndpoint:
+        """Parse ``url`` exactly as ``redis.asyncio.Redis.from_url`` would (query options win;
+        ``password`` is used when the URL has none)."""
         from redis.asyncio import ConnectionPool
         from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
-        pool = ConnectionPool.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s)
+        extra = {"password": password} if password else {}
+        pool = ConnectionPool.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s, **extra)
         # An unconnected redis-py connection: only its settings are read.
         conn: Any = pool.make_connection()  # type: ignore[no-untyped-call]
         handshake: list[bytes] = []
@@ -131,6 +135,8 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
+        # Set by PipelinedRedis: a new number for every new connection (see connection_number).
+        self.number = 0
 
     @property
     def in_flight(self) -> int:
@@ -252,10 +258,15 @@ class PipelinedRedis:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._waiting = 0  # callers waiting for a connection: counted in the in-flight bound
         self._closed = False
+        self._opened_count = 0
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout_s: float, timeout_s: float, max_in_flight: int) -> PipelinedRedis:
-        endpoint = RedisEndpoint.from_url(url, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
+    def from_url(
+        cls, url: str, *, connect_timeout_s: float, timeout_s: float, max_in_flight: int, password: str | None = None
+    ) -> PipelinedRedis:
+        endpoint = RedisEndpoint.from_url(
+            url, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s, password=password
+        )
         return cls(endpoint, max_in_flight=max_in_flight)
 
     async def execute(self, command: bytes) -> Any:
@@ -266,6 +277,27 @@ class PipelinedRedis:
         if conn.in_flight + self._waiting >= self._max_in_flight:
             raise RedisUnavailableError("too many commands in flight")
         return await conn.send(command)
+
+    @property
+    def connection_number(self) -> int:
+        """The number of the live connection (0: none). It changes with every new connection, so
+        a caller can tell whether two replies came from the same Redis server run: a restart or
+        a failover always closes the connection."""
+        conn = self._conn
+        return conn.number if conn is not None and not conn.closed else 0
+
+    async def execute_together(self, *commands: bytes) -> tuple[list[Any], int]:
+        """Send ``commands`` in one write on one connection: their replies, and that connection's number."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        if conn.in_flight + self._waiting + len(commands) > self._max_in_flight:
+            raise RedisUnavailableError("too many commands in flight")
+        replies = await asyncio.gather(*(conn.send(c) for c in commands), return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return list(replies), conn.number
 
     async def ping(self) -> None:
         if await self.execute(b"*1\r\n$4\r\nPING\r\n") != b"PONG":
@@ -296,6 +328,8 @@ class PipelinedRedis:
         if self._closed:
             conn.close()
         else:
+            self._opened_count += 1
+            conn.number = self._opened_count
             self._conn = conn
 
     async def _open(self) -> _Connection:

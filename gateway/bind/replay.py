@@ -8,6 +8,16 @@ jti costs no more than a short one (§11.1 "store only a hash thereof"). Two bac
   per proof (never get-then-set), pipelined on one connection (``redis_client``), short timeouts.
   Redis unreachable, slow or overloaded -> ``ReplayStoreUnavailableError`` (503), and the
   connection is remade by itself when Redis is back.
+
+A store that loses its memory (a Redis restarted empty or flushed, a failover to a replica that
+lagged, a restarted gateway process with the memory store) would call a replayed proof "first
+use". So each store also says since when it has remembered every key: ``memory_began()``, its
+epoch (Unix seconds), and the DPoP verifier refuses proofs issued before it. The memory store's
+epoch is its creation. Redis keeps one epoch key per server run (``<key_prefix>epoch:<run_id>``,
+``SET NX`` by whichever gateway reads it first, no TTL): a restart or failover brings a new
+``run_id`` and so a new epoch, and a flush deletes the key. Standalone Redis: the epoch is
+re-read on every new connection (a restart or failover always closes it) and at least every
+second (a flush keeps it); cluster and sentinel: at least every second.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from typing import Any, Protocol
 
 from ..config.dpop import RedisReplayConfig
 from ..errors import ReplayStoreUnavailableError
-from .redis_client import PipelinedRedis, RedisUnavailableError
+from .redis_client import PipelinedRedis, RedisUnavailableError, pack_command
 
 __all__ = ("MemoryReplayStore", "RedisReplayStore", "ReplayStore", "replay_key")
 
@@ -46,6 +56,14 @@ class ReplayStore(Protocol):
         """
         ...
 
+    async def memory_began(self) -> float:
+        """Since when (Unix seconds) this store has remembered every key it was given: the same
+        server run as every ``first_use`` answered before this call, or a later one.
+
+        Raises ``ReplayStoreUnavailableError`` when it cannot tell.
+        """
+        ...
+
 
 class MemoryReplayStore:
     """Seen keys in time generations. One process only (a config check enforces that).
@@ -64,7 +82,15 @@ class MemoryReplayStore:
 
     _GENERATIONS = 8
 
-    def __init__(self, *, max_entries: int = 500_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 500_000,
+        clock: Callable[[], float] = time.monotonic,
+        began: float | None = None,
+    ) -> None:
+        # The epoch (wall clock): nothing seen before this store existed is known to it.
+        self._began = time.time() if began is None else began
         self._gens: deque[tuple[int, set[int]]] = deque()  # (generation number, fingerprints), oldest first
         self._size = 0
         self._max = max_entries
@@ -122,6 +148,9 @@ class MemoryReplayStore:
     async def first_use(self, key: bytes, ttl_s: int) -> bool:
         return self.first_use_sync(key, ttl_s)
 
+    async def memory_began(self) -> float:
+        return self._began
+
 
 class RedisReplayStore:
     """Shared replay store on Redis.
@@ -132,8 +161,16 @@ class RedisReplayStore:
     Cluster and Sentinel: ``redis.asyncio``'s clients, which know the topology.
     """
 
-    def __init__(self, cfg: RedisReplayConfig) -> None:
+    _EPOCH_RECHECK_S = 1.0
+
+    def __init__(self, cfg: RedisReplayConfig, *, clock: Callable[[], float] = time.time) -> None:
         self._cfg = cfg
+        self._clock = clock
+        # The epoch last read, the connection it was read on (standalone) and until when to trust it.
+        self._epoch: float | None = None
+        self._epoch_connection = 0
+        self._epoch_until = 0.0
+        self._epoch_task: asyncio.Future[float] | None = None
         self._pipelined: PipelinedRedis | None = None
         self._client: Any = None  # redis.asyncio RedisCluster | Redis (Sentinel), untyped
         self._prefix = cfg.key_prefix.encode()
@@ -144,7 +181,8 @@ class RedisReplayStore:
     def _connect_pipelined(self) -> PipelinedRedis:
         cfg = self._cfg
         return PipelinedRedis.from_url(
-            cfg.url, connect_timeout_s=cfg.connect_timeout_s, timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight
+            cfg.url, connect_timeout_s=cfg.connect_timeout_s, timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight,
+            password=cfg.password.get_secret_value() if cfg.password is not None else None,
         )
 
     def _connect_redis_py(self) -> Any:
@@ -164,10 +202,17 @@ class RedisReplayStore:
             # that refuses a request, it never lets one through.
             "retry": Retry(NoBackoff(), 1),
         }
+        if cfg.password is not None:
+            common["password"] = cfg.password.get_secret_value()
         if cfg.mode == "cluster":
             return RedisCluster.from_url(cfg.url, **common)
         hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-        sentinel = Sentinel(hosts, **common)
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s,
+        }
+        if cfg.sentinel_password is not None:
+            sentinel_kwargs["password"] = cfg.sentinel_password.get_secret_value()
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **common)
         return sentinel.master_for(cfg.service_name or "", max_connections=cfg.max_connections)
 
     def _open(self) -> None:
@@ -190,6 +235,8 @@ class RedisReplayStore:
             log.warning("DPoP replay store: Redis not reachable at start-up (%s)", type(exc).__name__)
 
     async def close(self) -> None:
+        # A reopened client numbers its connections afresh: the epoch must be read again.
+        self._epoch, self._epoch_connection, self._epoch_until = None, 0, 0.0
         pipelined, self._pipelined = self._pipelined, None
         if pipelined is not None:
             await pipelined.close()
@@ -234,6 +281,103 @@ class RedisReplayStore:
                 raise ReplayStoreUnavailableError("replay store unavailable") from exc
             raise
         return bool(stored)
+
+
+    # --- the store's epoch -------------------------------------------------------------------
+
+    async def memory_began(self) -> float:
+        pipelined = self._pipelined
+        if pipelined is None and self._client is None:
+            self._open()
+            pipelined = self._pipelined
+        epoch = self._epoch
+        if (
+            epoch is not None
+            and time.monotonic() < self._epoch_until
+            and (pipelined is None or pipelined.connection_number == self._epoch_connection)
+        ):
+            return epoch
+        task = self._epoch_task
+        if task is None:  # single flight: one read however many requests are waiting for it
+            task = self._epoch_task = asyncio.ensure_future(self._read_epoch())
+            task.add_done_callback(self._epoch_read)
+        return await asyncio.shield(task)
+
+    def _epoch_read(self, task: asyncio.Future[float]) -> None:
+        if self._epoch_task is task:
+            self._epoch_task = None
+        if not task.cancelled():
+            task.exception()  # retrieved here; every waiter gets it through the shield
+
+    async def _read_epoch(self) -> float:
+        try:
+            async with asyncio.timeout(self._cfg.connect_timeout_s + 4 * self._cfg.timeout_s):
+                if self._pipelined is not None:
+                    epoch, connection = await self._read_epoch_pipelined(self._pipelined)
+                else:
+                    epoch, connection = await self._read_epoch_redis_py(), 0
+        except ReplayStoreUnavailableError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError | OSError | RedisUnavailableError) or _is_redis_error(exc):
+                raise ReplayStoreUnavailableError("replay store unavailable: cannot read its epoch") from exc
+            raise
+        if self._epoch is not None and epoch != self._epoch:
+            log.warning("DPoP replay store: Redis lost its memory (restart, failover or flush); "
+                        "proofs issued before %d are refused", int(epoch))
+        self._epoch, self._epoch_connection = epoch, connection
+        self._epoch_until = time.monotonic() + self._EPOCH_RECHECK_S
+        return epoch
+
+    def _epoch_commands(self, run_id: bytes) -> tuple[bytes, bytes]:
+        key = self._prefix + b"epoch:" + run_id
+        return key, str(int(self._clock())).encode()
+
+    async def _read_epoch_pipelined(self, pipelined: PipelinedRedis) -> tuple[float, int]:
+        # INFO, then SET NX + GET, all on one connection: one server run (a restart or failover
+        # in between closes the connection, and then we try again).
+        for _ in range(3):
+            (info,), first = await pipelined.execute_together(pack_command(b"INFO", b"server"))
+            key, now = self._epoch_commands(_run_id(info))
+            (_, value), second = await pipelined.execute_together(
+                pack_command(b"SET", key, now, b"NX"), pack_command(b"GET", key)
+            )
+            if first == second:
+                return _epoch_value(value), second
+        raise ReplayStoreUnavailableError("replay store unavailable: Redis keeps reconnecting")
+
+    async def _read_epoch_redis_py(self) -> float:
+        info: Any = await self._client.info("server")
+        # Cluster: one answer per node; any primary's new run loses that shard's keys.
+        if isinstance(info, dict) and "run_id" not in info:
+            ids = sorted(str(v["run_id"]) for v in info.values() if isinstance(v, dict) and "run_id" in v)
+        else:
+            ids = [str(info["run_id"])]
+        if not ids:
+            raise ReplayStoreUnavailableError("replay store unavailable: no run_id in INFO")
+        run_id = hashlib.sha256(",".join(ids).encode()).hexdigest()[:40].encode()
+        key, now = self._epoch_commands(run_id)
+        await self._client.set(key, now, nx=True)
+        return _epoch_value(await self._client.get(key))
+
+
+def _run_id(info: Any) -> bytes:
+    """``run_id`` from an ``INFO server`` reply: 40 hex characters, new for every server start."""
+    if isinstance(info, bytes):
+        for line in info.splitlines():
+            if line.startswith(b"run_id:"):
+                run_id = line[7:].strip()
+                if run_id and run_id.isalnum() and len(run_id) <= 64:
+                    return run_id
+    raise ReplayStoreUnavailableError("replay store unavailable: no run_id in INFO")
+
+
+def _epoch_value(value: Any) -> float:
+    try:
+        return float(int(value))
+    except (TypeError, ValueError):
+        # Someone else's value under our key: refuse (fail closed), never guess.
+        raise ReplayStoreUnavailableError("replay store unavailable: its epoch key holds no time") from None
 
 
 def _is_redis_error(exc: BaseException) -> bool:

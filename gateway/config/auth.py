@@ -7,7 +7,8 @@
       audience: https://api.bank.example          # one or a list; aud must contain one of them
       scopes: [accounts]                          # all required (RFC 6749 §3.3 tokens, case-sensitive)
       any_of: [payments:write, payments:admin]    # optionally: at least one of these too
-      method_scopes: {POST: [payments:write]}     # per-method override of ``scopes``
+      method_scopes: {POST: [payments:write]}     # per-method override of ``scopes``; without
+                                                  # ``scopes`` every matched method needs a rule
       client_ids: [tpp-1]                         # optional allowlist of the token's client_id
       required_claims: {acr: [urn:bank:sca]}      # optional claim values (one of the listed)
       sender_constraint: dpop                     # dpop | mtls | any | none
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -135,13 +137,22 @@ class AuthPolicy(Model):
             out["HEAD"] = out["GET"]
         return out
 
-    def required_scopes(self, method: str) -> frozenset[str]:
+    def required_scopes(self, method: str) -> frozenset[str] | None:
+        """The scopes ``method`` needs; ``None``: no rule for it, so it is refused (fail closed)."""
         found = self._scopes_by_method.get(method)
         return found if found is not None else self._default_scopes
 
     @cached_property
-    def _default_scopes(self) -> frozenset[str]:
+    def _default_scopes(self) -> frozenset[str] | None:
+        # method_scopes without scopes: a method with no rule must not pass on no scope. Written
+        # out, ``scopes: []`` is the deliberate "other methods need none".
+        if self.method_scopes and "scopes" not in self.model_fields_set:
+            return None
         return frozenset(self.scopes)
+
+    def methods_without_rule(self, methods: Iterable[str]) -> list[str]:
+        """Which of ``methods`` (a route's, or every method) this policy has no scope rule for."""
+        return sorted(m for m in set(methods) if self.required_scopes(m) is None)
 
     @cached_property
     def any_of_set(self) -> frozenset[str]:

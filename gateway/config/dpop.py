@@ -11,17 +11,27 @@
         backend: redis                      # memory: one process only
         redis: {url: "redis://127.0.0.1:6379/0"}
         on_unavailable: fail_closed
+
+Redis must keep every jti for its TTL: AOF persistence (``appendfsync everysec`` at least) and
+``maxmemory-policy noeviction``. A proof issued before the store's memory began (its epoch, see
+``gateway.bind.replay``) is refused whatever Redis does.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from .base import Model
 
-__all__ = ("DpopAlgorithm", "DpopConfig", "NonceConfig", "RedisReplayConfig", "ReplayConfig", "check_workers")
+if TYPE_CHECKING:
+    from .schema import GatewayConfig
+
+__all__ = (
+    "DpopAlgorithm", "DpopConfig", "NonceConfig", "RedisReplayConfig", "ReplayConfig", "check_process",
+    "check_workers",
+)
 
 # "Ed25519" is RFC 9864's fully specified name for EdDSA over Ed25519 (oauth4webapi signs with it).
 DpopAlgorithm = Literal["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA", "Ed25519"]
@@ -52,6 +62,10 @@ class RedisReplayConfig(Model):
     # sentinel mode: host:port of each sentinel and the monitored service name.
     sentinels: tuple[str, ...] = ()
     service_name: str | None = None
+    # Kept apart from the URL so that it can come from a secret ("${GATEWAY_REDIS_PASSWORD}");
+    # a password in the URL wins. sentinel_password: for sentinels that require AUTH themselves.
+    password: SecretStr | None = None
+    sentinel_password: SecretStr | None = None
     key_prefix: str = "gateway:dpop:jti:"
     connect_timeout_s: Seconds = 0.5
     timeout_s: Seconds = 0.5
@@ -123,3 +137,18 @@ def check_workers(cfg: DpopConfig, workers: int) -> str | None:
             "use backend: redis or run one worker per gateway instance"
         )
     return None
+
+
+def check_process(cfg: GatewayConfig, workers: int) -> str | None:
+    """The problem with running ``cfg`` in a process with ``workers`` workers, or ``None``.
+
+    ``workers`` is what the process actually runs (``--workers`` wins over the file), so this is
+    checked at start-up, by every worker the supervisor (re)starts and on every reload: a file
+    that is valid by itself may still not fit the running process.
+    """
+    from .auth import AuthPolicy
+
+    # Any authenticated route may see a DPoP-bound token, so the replay store must span workers.
+    if not any(isinstance(r.auth, AuthPolicy) for r in cfg.routes):
+        return None
+    return check_workers(cfg.dpop, workers)

@@ -243,6 +243,13 @@ class GatewayConfig(Model):
                         f"listen.external_origin, {where}.external_origin or listen.allowed_hosts "
                         "(the DPoP htu is never built from an unchecked Host)"
                     )
+                uncovered = route.auth.methods_without_rule(m.methods or HTTP_METHODS)
+                if uncovered:
+                    problems.append(
+                        f"{where}.auth.method_scopes: no scope rule for {', '.join(uncovered)}, which this "
+                        "route matches; add them, give scopes: (the default for other methods) "
+                        "or limit match.methods"
+                    )
                 if route.auth.require_dpop_nonce and self.dpop.nonce is None:
                     problems.append(
                         f"{where}.auth.require_dpop_nonce: needs dpop.nonce (shared nonce secrets)"

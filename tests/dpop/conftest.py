@@ -11,6 +11,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.bind import Binder
+from gateway.bind.replay import MemoryReplayStore
 from gateway.config.auth import AuthPolicy
 from gateway.config.dpop import DpopConfig
 from gateway.model import AuthRequest, Credentials, PeerCertificate, VerifiedToken
@@ -103,7 +104,13 @@ MakeBinder = Callable[..., Binder]
 @pytest.fixture
 def make_binder(clock: Clock) -> MakeBinder:
     def make(**cfg: Any) -> Binder:
-        return Binder(DpopConfig.model_validate(cfg), clock=clock)
+        dpop = DpopConfig.model_validate(cfg)
+        # These tests judge one proof at a time: the memory store's memory began well before their
+        # proofs (the store epoch has tests of its own, test_replay_epoch.py).
+        replay = None
+        if dpop.replay.backend == "memory":
+            replay = MemoryReplayStore(max_entries=dpop.replay.max_entries, began=clock.now - 3600)
+        return Binder(dpop, clock=clock, replay=replay)
 
     return make
 

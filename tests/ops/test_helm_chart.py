@@ -80,8 +80,9 @@ def test_chart_lints() -> None:
 
 def test_standalone_defaults_render_and_validate() -> None:
     docs = render(CHART)
+    # One pod (no PDB: 1 of 1 would block drains), the NetworkPolicy on, the DPoP nonce Secret.
     assert sorted(d["kind"] for d in docs) == [
-        "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount",
+        "ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Service", "ServiceAccount",
     ]
     validate_all(docs)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
@@ -101,7 +102,7 @@ def test_standalone_defaults_render_and_validate() -> None:
     assert pod["terminationGracePeriodSeconds"] > 5 + 20
     cfg = gateway_yaml(docs)
     assert cfg["listen"]["tls"]["cert"] == "/etc/gateway/tls/tls.crt"
-    assert cfg["admin"] == {"host": "0.0.0.0", "port": 9090}
+    assert cfg["admin"] == {"host": "${POD_IP}", "port": 9090}
     assert cfg["lifecycle"] == {"workers": 1, "shutdown_delay_s": 5, "shutdown_grace_s": 20}
 
 
@@ -140,7 +141,7 @@ def test_standalone_with_every_toggle() -> None:
     sm = one(docs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "prom"
     assert sm["spec"]["endpoints"][0]["port"] == "admin" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
-    svc = one(docs, "Service")
+    (svc,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics")]
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     np = one(docs, "NetworkPolicy")
     assert [r["ports"][0]["port"] for r in np["spec"]["ingress"]] == ["https", "admin"]
@@ -162,7 +163,7 @@ def test_sidecar_mode_adds_the_gateway_to_the_application_pod(sidecar_chart: Pat
     assert cfg["routes"][0]["upstream"] == "app"
     svc = one(docs, "Service")
     assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "payments-api"}
-    assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"https", "admin"}
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} == {"https"}
     assert 8080 not in {p["port"] for p in svc["spec"]["ports"]}
     np = one(docs, "NetworkPolicy")
     assert np["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "payments-api"}
@@ -175,9 +176,10 @@ def test_sidecar_mode_standalone_render_validates() -> None:
         "mode": "sidecar",
         "sidecar": {"appPort": 9000, "podSelector": {"app": "ledger"}},
         "networkPolicy": {"enabled": True},
+        "redis": {"url": "redis://redis:6379/0"},
     })
     validate_all(docs)
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "NetworkPolicy", "Service"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "NetworkPolicy", "Secret", "Service"]
     assert gateway_yaml(docs)["upstreams"]["app"] == {"url": "http://127.0.0.1:9000"}
 
 
@@ -196,8 +198,14 @@ def test_bad_values_are_refused(values: dict[str, Any], message: str) -> None:
     assert message in str(err.value)
 
 
-def test_rendered_config_is_accepted_by_the_gateway(tmp_path: Path, sidecar_chart: Path) -> None:
-    """The ConfigMap holds a config ``gateway check-config`` accepts, in both modes."""
+def test_rendered_config_is_accepted_by_the_gateway(
+    tmp_path: Path, sidecar_chart: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap holds a config ``gateway check-config`` accepts, in both modes (with the
+    environment the pod gets: its IP, the nonce key and the Redis password from Secrets)."""
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    monkeypatch.setenv("GATEWAY_DPOP_NONCE_SECRET", "n" * 48)
+    monkeypatch.setenv("GATEWAY_REDIS_PASSWORD", "pw")
     ca = trustme.CA()
     cert = ca.issue_cert("gateway.bank.example")
     files = {
@@ -212,4 +220,116 @@ def test_rendered_config_is_accepted_by_the_gateway(tmp_path: Path, sidecar_char
             local.write_bytes(data)
             text = text.replace(mount, str(local))
         cfg = parse_config(text)
-        assert cfg.admin.host == "0.0.0.0" and cfg.listen.port == 8443
+        assert cfg.admin.host == "10.1.2.3" and cfg.listen.port == 8443
+        assert cfg.dpop.nonce is not None
+
+
+# --- issue #13 findings 10 and 20: one replay store for every gateway process; admin port ------
+
+REDIS = {"redis": {"url": "rediss://redis.bank.svc:6380/0", "passwordSecret": {"name": "gw-redis", "key": "password"}}}
+
+
+def env_of(c: Manifest) -> dict[str, Manifest]:
+    return {e["name"]: e for e in c["env"]}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": 2},
+        {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4}},
+        {"workers": 2},
+        {"mode": "sidecar", "sidecar": {"podSelector": {"app": "ledger"}}},
+    ],
+    ids=["replicas", "autoscaling", "workers", "sidecar"],
+)
+def test_more_than_one_gateway_process_needs_redis(values: dict[str, Any]) -> None:
+    """Before the fix the chart rendered 2 replicas with the in-memory store: a captured proof
+    replayed once per pod. Now it refuses to render without a shared replay store."""
+    with pytest.raises(helm.HelmError) as err:
+        render(CHART, values)
+    text = str(err.value)
+    assert "redis" in text and "replay" in text
+    docs = render(CHART, {**values, **REDIS})
+    validate_all(docs)
+    assert gateway_yaml(docs)["dpop"]["replay"]["backend"] == "redis"
+
+
+def test_defaults_are_one_pod_with_no_overlap() -> None:
+    """Without Redis: one pod, and no rolling-update overlap (two pods, two memories); no PDB that
+    would block every node drain."""
+    docs = render(CHART)
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert not by_kind(docs, "PodDisruptionBudget")
+    assert gateway_yaml(docs).get("dpop", {}).get("replay", {}).get("backend", "memory") == "memory"
+    # With Redis: rolling updates without downtime, and the PDB.
+    docs = render(CHART, {"replicaCount": 3, **REDIS})
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate" and dep["spec"]["replicas"] == 3
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_redis_url_with_password_secret() -> None:
+    docs = render(CHART, {"replicaCount": 3, **REDIS})
+    validate_all(docs)
+    c = gateway_container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    assert env_of(c)["GATEWAY_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "gw-redis", "key": "password"}
+    redis = gateway_yaml(docs)["dpop"]["replay"]["redis"]
+    # The password stays in the Secret; the ConfigMap names the variable only.
+    assert redis == {"url": "rediss://redis.bank.svc:6380/0", "password": "${GATEWAY_REDIS_PASSWORD}"}
+
+
+def test_redis_sentinel() -> None:
+    docs = render(CHART, {"replicaCount": 2, "redis": {
+        "sentinel": {"hosts": ["s-0.redis:26379", "s-1.redis:26379"], "serviceName": "gw"},
+        "passwordSecret": {"name": "gw-redis", "key": "pw"}}})
+    validate_all(docs)
+    redis = gateway_yaml(docs)["dpop"]["replay"]["redis"]
+    assert redis == {"mode": "sentinel", "sentinels": ["s-0.redis:26379", "s-1.redis:26379"], "service_name": "gw",
+                     "password": "${GATEWAY_REDIS_PASSWORD}"}
+
+
+def test_nonce_secret_is_one_value_for_every_pod() -> None:
+    """DPOPN-09: every pod signs and checks nonces with the same key, from one Secret; kept across
+    upgrades (lookup) and uninstalls (resource-policy keep), or given (existingSecret)."""
+    docs = render(CHART, {"replicaCount": 2, **REDIS})
+    (secret,) = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "gw-fapi-gateway-dpop-nonce"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    import base64
+
+    assert len(base64.b64decode(secret["data"]["secret"])) >= 32
+    c = gateway_container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    ref = env_of(c)["GATEWAY_DPOP_NONCE_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "gw-fapi-gateway-dpop-nonce", "key": "secret"}
+    assert gateway_yaml(docs)["dpop"]["nonce"] == {"secrets": ["${GATEWAY_DPOP_NONCE_SECRET}"]}
+    given = render(CHART, {"dpopNonce": {"existingSecret": "bank-nonce", "key": "k"}})
+    assert not by_kind(given, "Secret")
+    c = gateway_container(one(given, "Deployment")["spec"]["template"]["spec"])
+    assert env_of(c)["GATEWAY_DPOP_NONCE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "bank-nonce", "key": "k"}
+    off = render(CHART, {"dpopNonce": {"enabled": False}})
+    assert not by_kind(off, "Secret") and "nonce" not in gateway_yaml(off).get("dpop", {})
+
+
+def test_admin_port_is_for_probes_and_monitoring_only(sidecar_chart: Path) -> None:
+    """Finding 20: admin listens on the pod IP (what kubelet probes reach), no Service exposes it
+    (a separate metrics Service only for the ServiceMonitor), and the NetworkPolicy is on by
+    default, admitting the admin port from adminFrom only."""
+    for docs in (render(CHART), render(sidecar_chart)):
+        cfg = gateway_yaml(docs)
+        assert cfg["admin"]["host"] == "${POD_IP}"
+        (dep,) = [d for d in by_kind(docs, "Deployment")]
+        c = gateway_container(dep["spec"]["template"]["spec"])
+        assert env_of(c)["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        (svc,) = by_kind(docs, "Service")
+        assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["https"]
+        np = one(docs, "NetworkPolicy")
+        admin_rules = [r for r in np["spec"]["ingress"] if r["ports"][0]["port"] == "admin"]
+        assert len(admin_rules) == 1 and admin_rules[0]["from"]
+    docs = render(CHART, {"serviceMonitor": {"enabled": True}})
+    metrics = [d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics")]
+    assert len(metrics) == 1 and [p["targetPort"] for p in metrics[0]["spec"]["ports"]] == ["admin"]
+    sm = one(docs, "ServiceMonitor")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= metrics[0]["metadata"]["labels"].items()
+    public = [d for d in by_kind(docs, "Service") if not d["metadata"]["name"].endswith("-metrics")]
+    assert not sm["spec"]["selector"]["matchLabels"].items() <= public[0]["metadata"]["labels"].items()

@@ -34,7 +34,7 @@ def body(auth_server: AuthServer, pki: Pki, upstream: Upstream) -> str:
         upstream: {upstream.url}
         auth: {{issuers: [bank-as], audience: {AUD}, scopes: [accounts], realm: bank}}
       - id: payments
-        match: {{path_prefix: /payments}}
+        match: {{path_prefix: /payments, methods: [POST]}}
         upstream: {upstream.url}
         auth: {{issuers: [bank-as], audience: {AUD}, method_scopes: {{POST: [payments]}}, realm: bank}}
       - id: plain

@@ -21,11 +21,15 @@ app.kubernetes.io/name: {{ include "fapi-gateway.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{- define "fapi-gateway.labels" -}}
+{{- define "fapi-gateway.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "fapi-gateway.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "fapi-gateway.labels" -}}
+{{ include "fapi-gateway.commonLabels" . }}
 app.kubernetes.io/component: gateway
 {{- end }}
 
@@ -50,11 +54,61 @@ app.kubernetes.io/component: gateway
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The DPoP replay store (RFC 9449 §11.1) -------------------------------------------------
+     "true" when the chart's redis: values name a Redis; "" otherwise. */}}
+{{- define "fapi-gateway.chartRedis" -}}
+{{- $r := .Values.redis }}
+{{- $given := 0 }}
+{{- if $r.url }}{{ $given = add1 $given }}{{ end }}
+{{- if $r.existingSecret }}{{ $given = add1 $given }}{{ end }}
+{{- if $r.sentinel.hosts }}{{ $given = add1 $given }}{{ end }}
+{{- if gt $given 1 }}
+{{- fail "redis: give one of redis.url, redis.sentinel.hosts or redis.existingSecret" }}
+{{- end }}
+{{- if and $r.sentinel.hosts (not $r.sentinel.serviceName) }}
+{{- fail "redis.sentinel.serviceName: required with redis.sentinel.hosts" }}
+{{- end }}
+{{- if $given }}true{{ end }}
+{{- end }}
+
+{{/* "true" when every gateway process shares one replay store: Redis from the chart's values
+     or from config.dpop.replay. */}}
+{{- define "fapi-gateway.sharedReplay" -}}
+{{- if or (include "fapi-gateway.chartRedis" .) (eq (dig "dpop" "replay" "backend" "" (.Values.config | default dict)) "redis") }}true{{ end }}
+{{- end }}
+
+{{/* More than one gateway process with per-process replay stores would accept a captured DPoP
+     proof once per process: refuse to render that. */}}
+{{- define "fapi-gateway.checkReplayStore" -}}
+{{- if not (include "fapi-gateway.sharedReplay" .) }}
+{{- $why := "" }}
+{{- if gt (int .Values.workers) 1 }}
+{{- $why = printf "workers: %d" (int .Values.workers) }}
+{{- else if eq .Values.mode "sidecar" }}
+{{- if not .Values.sidecar.allowInMemoryReplayStore }}
+{{- $why = "mode: sidecar (the workload's replica count is not known here)" }}
+{{- end }}
+{{- else if .Values.autoscaling.enabled }}
+{{- $why = "autoscaling.enabled" }}
+{{- else if gt (int .Values.replicaCount) 1 }}
+{{- $why = printf "replicaCount: %d" (int .Values.replicaCount) }}
+{{- end }}
+{{- if $why }}
+{{- fail (printf "%s needs a shared DPoP replay store: set redis.url, redis.sentinel or redis.existingSecret (each gateway process would otherwise keep its own, and a captured DPoP proof could be replayed once per process)" $why) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "fapi-gateway.nonceSecretName" -}}
+{{- .Values.dpopNonce.existingSecret | default (printf "%s-dpop-nonce" (include "fapi-gateway.fullname" .)) }}
+{{- end }}
+
 {{/* The gateway YAML: the user's config with the chart-owned keys filled in. -------------- */}}
 {{- define "fapi-gateway.gatewayConfig" -}}
 {{- if not (has .Values.mode (list "standalone" "sidecar")) }}
 {{- fail (printf "mode must be standalone or sidecar, not %q" .Values.mode) }}
 {{- end }}
+{{- include "fapi-gateway.checkReplayStore" . }}
 {{- $cfg := deepCopy (.Values.config | default dict) }}
 {{- $listen := dict "host" "0.0.0.0" "port" (int .Values.ports.https) }}
 {{- if .Values.tls.enabled }}
@@ -65,9 +119,10 @@ app.kubernetes.io/component: gateway
 {{- $_ := set $listen "tls" $tls }}
 {{- end }}
 {{- $_ := set $cfg "listen" (merge $listen ($cfg.listen | default dict)) }}
-{{- /* Probes come from the kubelet on the pod IP: the admin port listens on all interfaces
-       (the NetworkPolicy limits who reaches it). */}}
-{{- $_ := set $cfg "admin" (dict "host" "0.0.0.0" "port" (int .Values.ports.admin)) }}
+{{- /* Probes come from the kubelet on the pod IP: the admin port listens there only (env POD_IP
+       from the downward API), not on every interface, and no Service exposes it; the
+       NetworkPolicy admits it from adminFrom only. */}}
+{{- $_ := set $cfg "admin" (dict "host" "${POD_IP}" "port" (int .Values.ports.admin)) }}
 {{- if eq .Values.mode "sidecar" }}
 {{- $ups := $cfg.upstreams | default dict }}
 {{- $_ := set $ups "app" (merge (dict "url" (printf "http://127.0.0.1:%d" (int .Values.sidecar.appPort))) ($ups.app | default dict)) }}
@@ -78,12 +133,38 @@ app.kubernetes.io/component: gateway
 {{- $_ := set $life "shutdown_delay_s" .Values.shutdown.delaySeconds }}
 {{- $_ := set $life "shutdown_grace_s" .Values.shutdown.graceSeconds }}
 {{- $_ := set $cfg "lifecycle" $life }}
-{{- if .Values.redis.existingSecret }}
 {{- $dpop := $cfg.dpop | default dict }}
+{{- if include "fapi-gateway.chartRedis" . }}
+{{- $r := .Values.redis }}
 {{- $replay := $dpop.replay | default dict }}
+{{- $redis := dict }}
+{{- if $r.existingSecret }}
+{{- $_ := set $redis "url" "${GATEWAY_REDIS_URL}" }}
+{{- else if $r.url }}
+{{- $_ := set $redis "url" $r.url }}
+{{- else }}
+{{- $_ := set $redis "mode" "sentinel" }}
+{{- $_ := set $redis "sentinels" $r.sentinel.hosts }}
+{{- $_ := set $redis "service_name" $r.sentinel.serviceName }}
+{{- end }}
+{{- if $r.passwordSecret.name }}
+{{- $_ := set $redis "password" "${GATEWAY_REDIS_PASSWORD}" }}
+{{- if and $r.sentinel.hosts $r.sentinel.authenticate }}
+{{- $_ := set $redis "sentinel_password" "${GATEWAY_REDIS_PASSWORD}" }}
+{{- end }}
+{{- end }}
+{{- if $r.keyPrefix }}
+{{- $_ := set $redis "key_prefix" $r.keyPrefix }}
+{{- end }}
 {{- $_ := set $replay "backend" "redis" }}
-{{- $_ := set $replay "redis" (merge (dict "url" "${GATEWAY_REDIS_URL}") ($replay.redis | default dict)) }}
+{{- $_ := set $replay "redis" (merge $redis ($replay.redis | default dict)) }}
 {{- $_ := set $dpop "replay" $replay }}
+{{- end }}
+{{- if .Values.dpopNonce.enabled }}
+{{- /* One key for every pod (DPOPN-09), from one Secret; never in this ConfigMap. */}}
+{{- $_ := set $dpop "nonce" (merge (dict "secrets" (list "${GATEWAY_DPOP_NONCE_SECRET}")) ($dpop.nonce | default dict)) }}
+{{- end }}
+{{- if $dpop }}
 {{- $_ := set $cfg "dpop" $dpop }}
 {{- end }}
 {{- toYaml $cfg }}
@@ -98,12 +179,31 @@ app.kubernetes.io/component: gateway
   env:
     - name: PYTHONUNBUFFERED
       value: "1"
+    # The admin listener binds the pod IP (what kubelet probes reach), see gatewayConfig.
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
     {{- if .Values.redis.existingSecret }}
     - name: GATEWAY_REDIS_URL
       valueFrom:
         secretKeyRef:
           name: {{ .Values.redis.existingSecret }}
           key: {{ .Values.redis.key }}
+    {{- end }}
+    {{- if and (include "fapi-gateway.chartRedis" .) .Values.redis.passwordSecret.name }}
+    - name: GATEWAY_REDIS_PASSWORD
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.redis.passwordSecret.name }}
+          key: {{ .Values.redis.passwordSecret.key }}
+    {{- end }}
+    {{- if .Values.dpopNonce.enabled }}
+    - name: GATEWAY_DPOP_NONCE_SECRET
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "fapi-gateway.nonceSecretName" . }}
+          key: {{ .Values.dpopNonce.key }}
     {{- end }}
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
