@@ -176,6 +176,7 @@ routes:
   - id: payments
     match: {path_prefix: /payments}
     upstream: http://127.0.0.1:1
+    external_origin: https://api.example
     auth: {issuers: [bank], audience: https://api.example, introspect: always}
 issuers:
 """
