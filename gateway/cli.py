@@ -62,7 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _load(args.file)
         if cfg is None:
             return EXIT_CONFIG
+        from .config.risks import analyse, describe
+
+        risks = analyse(cfg)
         print(f"{args.file}: OK\n{_summary(cfg)}")
+        # Refused ones appear here only when acknowledged (else the file did not load).
+        print(f"risky settings: {len(risks) or 'none'}")
+        for risk in risks:
+            print(f"  {describe(risk)}")
         return 0
     if args.command == "dev-certs":
         from .devcerts import make_dev_certs

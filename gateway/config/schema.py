@@ -19,6 +19,7 @@ from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
+from .risks import RiskId, unacknowledged_refusals
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -183,6 +184,8 @@ class GatewayConfig(Model):
     client_certs: ClientCertConfig = ClientCertConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    # Risky settings (config/risks.py) that the operator accepts, by id; the rest are refused.
+    acknowledge_risks: tuple[RiskId, ...] = ()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -231,6 +234,13 @@ class GatewayConfig(Model):
             problems.append(workers_problem)
         if problems:
             raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _risks_acknowledged(self) -> GatewayConfig:
+        refused = unacknowledged_refusals(self)
+        if refused:
+            raise ValueError("\n".join(refused))
         return self
 
     def upstream_for(self, route: RouteConfig) -> UpstreamConfig:
