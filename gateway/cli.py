@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .config import AuthPolicy, GatewayConfig, load_config
 from .errors import ConfigError
+from .observability.logsetup import configure_logging, redact
 
 __all__ = ("main",)
 
@@ -37,7 +38,7 @@ def _load(path: str) -> GatewayConfig | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)
         return None
 
 
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_certs.add_argument("dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Every command (demo, check-config, run and its workers) logs through the credential filter.
+    configure_logging(args.log_level)
 
     if args.command == "check-config":
         cfg = _load(args.file)
@@ -65,11 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .config.risks import analyse, describe
 
         risks = analyse(cfg)
-        print(f"{args.file}: OK\n{_summary(cfg)}")
+        print(redact(f"{args.file}: OK\n{_summary(cfg)}"))
         # Refused ones appear here only when acknowledged (else the file did not load).
         print(f"risky settings: {len(risks) or 'none'}")
         for risk in risks:
-            print(f"  {describe(risk)}")
+            print(f"  {redact(describe(risk))}")
         return 0
     if args.command == "dev-certs":
         from .devcerts import make_dev_certs
@@ -87,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         has_auth = any(isinstance(r.auth, AuthPolicy) for r in cfg.routes)
         problem = check_workers(cfg.dpop, args.workers or cfg.lifecycle.workers) if has_auth else None
         if problem:
-            print(f"{args.config}: invalid configuration:\n  {problem}", file=sys.stderr)
+            print(redact(f"{args.config}: invalid configuration:\n  {problem}"), file=sys.stderr)
             return EXIT_CONFIG
         return run(cfg, config_path=args.config, workers=args.workers)
     if args.command == "demo":

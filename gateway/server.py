@@ -50,6 +50,7 @@ from .observability.multiprocess import ENV_DIR, SharedMetrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
 from .tls.clientcerts import ClientCertificates
+from .wire import AdminRunner, GatewayWebServer
 
 __all__ = ("GatewayServer", "run")
 
@@ -158,7 +159,8 @@ class GatewayServer:
             count_handshake_failures(self.ssl_context, self.metrics.tls_handshake_failed)
         await self.handler.start()  # the state's stages: JWKS, Redis pool, ...
         self._runner = web.ServerRunner(
-            web.Server(self.handler, access_log=None, max_field_size=16384),
+            GatewayWebServer(self.handler, on_malformed=metrics.malformed_request, access_log=None,
+                             max_field_size=16384),
             handle_signals=False, shutdown_timeout=cfg.lifecycle.shutdown_grace_s,
         )
         await self._runner.setup()
@@ -181,7 +183,8 @@ class GatewayServer:
             def render() -> bytes:
                 return b"# metrics disabled (observability.metrics.enabled: false)\n"
         admin = build_admin_app(self.readiness, render)
-        self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
+        self._admin_runner = AdminRunner(admin, on_malformed=self.metrics.malformed_request, access_log=None,
+                                         handle_signals=False, shutdown_timeout=1)
         await self._admin_runner.setup()
         admin_site = web.TCPSite(
             self._admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port or None
