@@ -8,7 +8,8 @@ loop (uvloop when installed). Its life cycle:
   the state it started with; the old state is closed once its last request has finished. A file
   that does not validate (or whose state fails to start) changes nothing: it is logged and counted
   (``gateway_config_reloads_total{result="failure"}``). Listener, admin and worker settings are
-  fixed for the life of the process (a change is logged as needing a restart).
+  fixed for the life of the process: a reload that changes them applies the rest and says so
+  (WARNING naming the fields, ``result="partial"``, ``gateway_config_restart_required``).
 * **shutdown** (SIGTERM/SIGINT): ``/readyz`` turns false, the listener keeps serving for
   ``lifecycle.shutdown_delay_s`` (load balancers notice), then stops accepting; in-flight requests
   get ``lifecycle.shutdown_grace_s`` to finish; then the process exits 0.

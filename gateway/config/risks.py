@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from .auth import AuthPolicy
@@ -43,7 +43,7 @@ RiskId = Literal[
     "legacy_jwt_typ",
     "tls_profile_default",
 ]
-RISK_IDS: Final[tuple[str, ...]] = RiskId.__args__  # type: ignore[attr-defined]
+RISK_IDS: Final[tuple[str, ...]] = get_args(RiskId)
 
 # A source range shorter than this is "any source": it covers at least 1/128 of the address space.
 _ANY_PREFIX: Final = 8
