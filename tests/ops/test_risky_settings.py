@@ -146,5 +146,12 @@ def test_start_up_and_reload_log_the_risks(tmp_path: Path) -> None:
         assert gw.metric("gateway_config_risks", risk="replay_fail_open", level="acknowledged") == 1
         gw.signal(signal.SIGHUP)
         gw.wait_for("risky setting .acknowledged. replay_fail_open", count=2)
+        # Dropping the acknowledgement makes the file invalid: the reload is refused, nothing changes.
+        path.write_text(path.read_text().replace("acknowledge_risks: [replay_fail_open]\n", ""))
+        gw.signal(signal.SIGHUP)
+        gw.wait_for(r"gw\.yaml:\d+: dpop\.replay\.on_unavailable: .*refused unless acknowledged")
+        gw.wait_for("config reload refused")
+        assert gw.metric("gateway_config_reloads_total", result="failure") == 1
+        assert gw.metric("gateway_config_risks", risk="replay_fail_open", level="acknowledged") == 1
     finally:
         gw.stop()
