@@ -23,7 +23,8 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── CorsRefusedError                  403 (preflight from an origin not allowed)
     ├── MethodNotAllowedError             405
     ├── MisdirectedRequestError           421
-    └── PayloadTooLargeError              413
+    ├── PayloadTooLargeError              413
+    └── ClientBodyError                   400 (the request body broke off or did not parse)
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
 """
@@ -35,6 +36,7 @@ from typing import ClassVar, Literal
 Scheme = Literal["Bearer", "DPoP"]
 
 __all__ = (
+    "ClientBodyError",
     "ConfigError",
     "CorsRefusedError",
     "DependencyError",
@@ -209,6 +211,14 @@ class ExpectationFailedError(GatewayError):
 class PayloadTooLargeError(GatewayError):
     status = 413
     default_reason = "body_too_large"
+
+
+class ClientBodyError(GatewayError):
+    """The client's body broke off or was malformed (aiohttp's payload parser) while being
+    forwarded: the client's fault, not a bug, so no traceback (anyone could flood the log)."""
+
+    status = 400
+    default_reason = "bad_request_body"
 
 
 class ConfigError(Exception):

@@ -10,10 +10,11 @@ import ssl
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from ..config import UpstreamConfig
-from ..errors import GatewayError, PayloadTooLargeError
+from ..errors import ClientBodyError, GatewayError, PayloadTooLargeError
 from .headers import HeaderPolicy
 from .http1 import ConnectionPool, UpstreamResponse
 
@@ -54,13 +55,27 @@ class UpstreamClient:
         await self.pool.close()
 
 
+# What reading the client's body raises when it breaks off or does not parse.
+_BODY_ERRORS = (ConnectionError, HttpProcessingError)
+
+
 async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
     seen = 0
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLargeError("request body too large", reason="body_too_large")
-        yield chunk
+    try:
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise PayloadTooLargeError("request body too large", reason="body_too_large")
+            yield chunk
+    except _BODY_ERRORS:
+        raise ClientBodyError("request body incomplete or malformed") from None
+
+
+async def _read_body(request: web.BaseRequest) -> bytes:
+    try:
+        return await request.read()
+    except _BODY_ERRORS:
+        raise ClientBodyError("request body incomplete or malformed") from None
 
 
 class Forwarder:
@@ -83,7 +98,7 @@ class Forwarder:
         body: AsyncIterator[bytes] | bytes | None = None
         if request.body_exists:
             if length is not None and length <= _BUFFER_LIMIT:
-                body = await request.read()
+                body = await _read_body(request)
             else:
                 body = _limited(request, max_body_bytes)
         up = await upstream.pool.request(request.method, request.raw_path, headers, body, length=length)

@@ -124,6 +124,34 @@ def test_malformed_requests_leave_no_traceback_and_no_credentials_in_the_log(gw:
     assert TOKEN not in err and OPAQUE not in err and "[redacted" not in err
 
 
+@pytest.mark.parametrize(("head", "late"), [
+    pytest.param(b"Transfer-Encoding: chunked\r\n\r\n", b"ZZZ\r\nabc\r\n0\r\n\r\n", id="bad-chunk-after-head"),
+    pytest.param(b"Content-Length: 10\r\n\r\n", b"abc", id="body-cut-short"),
+    pytest.param(b"Content-Length: 200000\r\n\r\n", b"a" * 70000, id="streamed-body-cut-short"),
+])
+def test_broken_request_body_is_a_client_error_not_a_traceback(gw: GatewayProcess, head: bytes, late: bytes) -> None:
+    """The body arrives after the handler started: aiohttp's payload parser fails (or the client
+    hangs up) inside the forwarder. A 400 for the client if it still listens; no ERROR/traceback."""
+    labels = {"route": "open", "method": "write", "status": "400", "reason": "bad_request_body"}
+    before = gw.metric("gateway_requests_total", **labels)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"POST /open/x HTTP/1.1\r\nHost: a\r\n" + head)
+        time.sleep(0.3)  # the gateway is now forwarding, reading the body as it comes
+        sock.sendall(late)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    if data:
+        assert data.startswith(b"HTTP/1.1 400 ") or data.startswith(b"HTTP/1.0 400 "), data
+    deadline = time.monotonic() + 5
+    while gw.metric("gateway_requests_total", **labels) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gw.metric("gateway_requests_total", **labels) == before + 1
+    err = "".join(gw.stderr)
+    assert "Traceback" not in err and " ERROR " not in err, err[-3000:]
+
+
 def test_no_server_banner_on_either_listener(gw: GatewayProcess) -> None:
     public = [
         b"GET /open/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",  # proxied
