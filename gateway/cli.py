@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--config", default="config/dev.yaml")
     p_check = sub.add_parser("check-config", help="validate a config file and print its routes")
     p_check.add_argument("file")
+    p_check.add_argument("--strict", action="store_true",
+                         help="exit 78 also on risky settings that are warned about but not acknowledged (CI)")
     p_certs = sub.add_parser("dev-certs", help="write a DEV ONLY CA, server and client certificates")
     p_certs.add_argument("dir")
     args = parser.parse_args(argv)
@@ -73,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"risky settings: {len(risks) or 'none'}")
         for risk in risks:
             print(f"  {redact(describe(risk))}")
+        unacknowledged = [r for r in risks if not r.acknowledged]
+        if args.strict and unacknowledged:
+            print(f"{args.file}: --strict: {len(unacknowledged)} risky setting(s) not acknowledged "
+                  "(list their ids under acknowledge_risks:)", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
     if args.command == "dev-certs":
         from .devcerts import make_dev_certs

@@ -155,3 +155,17 @@ def test_start_up_and_reload_log_the_risks(tmp_path: Path) -> None:
         assert gw.metric("gateway_config_risks", risk="replay_fail_open", level="acknowledged") == 1
     finally:
         gw.stop()
+
+
+def test_strict_check_fails_on_unacknowledged_warnings(tmp_path: Path) -> None:
+    """For CI: ``check-config --strict`` turns every warning into a failure until acknowledged."""
+    text = BASE.replace("admin: {host: 127.0.0.1, port: 0}", "admin: {host: 0.0.0.0, port: 0}")
+    path = tmp_path / "gw.yaml"
+    argv = [sys.executable, "-m", "gateway", "check-config", "--strict", str(path)]
+    path.write_text(text)
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EX_CONFIG and "WARN          admin_non_loopback" in done.stdout
+    assert "--strict" in done.stderr
+    path.write_text(text + "acknowledge_risks: [admin_non_loopback]\n")
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "ACKNOWLEDGED  admin_non_loopback" in done.stdout
