@@ -115,7 +115,7 @@ def _insecure_issuer_urls(cfg: GatewayConfig, n: int) -> list[str]:
 
 
 def analyse(cfg: GatewayConfig) -> list[Risk]:
-    """Every risky setting in ``cfg``, refusals first, each marked acknowledged or not."""
+    """Every risky setting in ``cfg``: unacknowledged first, refusals before warnings."""
     risks: list[Risk] = []
     fp = cfg.client_certs.front_proxy
     if fp is not None:
@@ -144,8 +144,8 @@ def analyse(cfg: GatewayConfig) -> list[Risk]:
         remote = [u for u in _insecure_issuer_urls(cfg, n) if not _is_loopback_host(urlsplit(u).hostname or "")]
         risks.append(Risk(
             "issuer_insecure_http", "refuse" if remote else "warn", f"issuers[{n}].allow_insecure_http",
-            "keys or introspection answers over plain HTTP from another host: anyone on the path can "
-            "forge every token" if remote else "plain HTTP to the authorization server (loopback only: dev/tests)",
+            ("keys or introspection answers over plain HTTP from another host: anyone on the path can "
+             "forge every token") if remote else "plain HTTP to the authorization server (loopback only: dev/tests)",
         ))
     for n, iss in enumerate(cfg.issuers):
         if iss.allow_legacy_jwt_typ:
