@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .config import AuthPolicy, GatewayConfig, load_config
 from .errors import ConfigError
+from .observability.logsetup import configure_logging, redact
 
 __all__ = ("main",)
 
@@ -37,7 +38,7 @@ def _load(path: str) -> GatewayConfig | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)
         return None
 
 
@@ -53,16 +54,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--config", default="config/dev.yaml")
     p_check = sub.add_parser("check-config", help="validate a config file and print its routes")
     p_check.add_argument("file")
+    p_check.add_argument("--strict", action="store_true",
+                         help="exit 78 also on risky settings that are warned about but not acknowledged (CI)")
     p_certs = sub.add_parser("dev-certs", help="write a DEV ONLY CA, server and client certificates")
     p_certs.add_argument("dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Every command (demo, check-config, run and its workers) logs through the credential filter.
+    configure_logging(args.log_level)
 
     if args.command == "check-config":
         cfg = _load(args.file)
         if cfg is None:
             return EXIT_CONFIG
-        print(f"{args.file}: OK\n{_summary(cfg)}")
+        from .config.risks import analyse, describe
+
+        risks = analyse(cfg)
+        print(redact(f"{args.file}: OK\n{_summary(cfg)}"))
+        # Refused ones appear here only when acknowledged (else the file did not load).
+        print(f"risky settings: {len(risks) or 'none'}")
+        for risk in risks:
+            print(f"  {redact(describe(risk))}")
+        unacknowledged = [r for r in risks if not r.acknowledged]
+        if args.strict and unacknowledged:
+            print(f"{args.file}: --strict: {len(unacknowledged)} risky setting(s) not acknowledged "
+                  "(list their ids under acknowledge_risks:)", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
     if args.command == "dev-certs":
         from .devcerts import make_dev_certs
@@ -79,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         problem = check_process(cfg, args.workers or cfg.lifecycle.workers)
         if problem:
-            print(f"{args.config}: invalid configuration:\n  {problem}", file=sys.stderr)
+            print(redact(f"{args.config}: invalid configuration:\n  {problem}"), file=sys.stderr)
             return EXIT_CONFIG
         return run(cfg, config_path=args.config, workers=args.workers)
     if args.command == "demo":

@@ -28,7 +28,8 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── PayloadTooLargeError              413
     ├── HeaderRefusedError                400 (underscore names, bad Max-Forwards/Host for forwarding)
     ├── TransferCodingNotImplementedError 501 (RFC 9112 §6.1), connection closed
-    └── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
+    ├── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
+    └── ClientBodyError                   400 (the request body broke off or did not parse)
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
 """
@@ -40,6 +41,7 @@ from typing import ClassVar, Literal
 Scheme = Literal["Bearer", "DPoP"]
 
 __all__ = (
+    "ClientBodyError",
     "ClientCertificateRefusedError",
     "ConfigError",
     "CorsRefusedError",
@@ -262,6 +264,14 @@ class LoopDetectedError(GatewayError):
 
     status = 508
     default_reason = "forwarding_loop"
+
+
+class ClientBodyError(GatewayError):
+    """The client's body broke off or was malformed (aiohttp's payload parser) while being
+    forwarded: the client's fault, not a bug, so no traceback (anyone could flood the log)."""
+
+    status = 400
+    default_reason = "bad_request_body"
 
 
 class ConfigError(Exception):

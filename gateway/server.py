@@ -8,7 +8,8 @@ loop (uvloop when installed). Its life cycle:
   the state it started with; the old state is closed once its last request has finished. A file
   that does not validate (or whose state fails to start) changes nothing: it is logged and counted
   (``gateway_config_reloads_total{result="failure"}``). Listener, admin and worker settings are
-  fixed for the life of the process (a change is logged as needing a restart).
+  fixed for the life of the process: a reload that changes them applies the rest and says so
+  (WARNING naming the fields, ``result="partial"``, ``gateway_config_restart_required``).
 * **shutdown** (SIGTERM/SIGINT): ``/readyz`` turns false, the listener keeps serving for
   ``lifecycle.shutdown_delay_s`` (load balancers notice), then stops accepting; in-flight requests
   get ``lifecycle.shutdown_grace_s`` to finish; then the process exits 0.
@@ -41,6 +42,7 @@ from .admin import Readiness, build_admin_app
 from .app import GatewayHandler, GatewayState, StateHolder, build_handler, build_state
 from .config import GatewayConfig, load_config
 from .config.dpop import check_process
+from .config.risks import log_risks
 from .errors import ConfigError
 from .observability.accesslog import AccessLog
 from .observability.health import RedisProbe, stage_ready
@@ -50,6 +52,7 @@ from .observability.multiprocess import ENV_DIR, SharedMetrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
 from .tls.clientcerts import ClientCertificates
+from .wire import AdminRunner, GatewayWebServer
 
 __all__ = ("GatewayServer", "run")
 
@@ -73,10 +76,27 @@ def _fingerprint(path: str) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
-    # The listener, its client-certificate stage and the process layout outlive a reload.
-    fixed = ("listen", "admin", "client_certs", "lifecycle")
-    return [name for name in fixed if getattr(old, name) != getattr(new, name)]
+# Settings bound when the process starts (sockets, TLS context, client-certificate stage, the
+# worker layout, the metrics registry): a reload cannot apply them. Everything else in the file,
+# including listen.trusted_proxies / external_origin and client_certs.strip_headers, is applied.
+_RESTART_ONLY = (
+    "listen.host", "listen.port", "listen.tls",
+    "admin.host", "admin.port",
+    "client_certs.front_proxy", "client_certs.self_signed", "client_certs.crl_files",
+    "client_certs.watch_interval_s", "client_certs.max_chain_depth", "client_certs.require_client_auth_usage",
+    "client_certs.forward",
+    "lifecycle.workers", "lifecycle.reload",
+    "observability.metrics",
+)
+
+
+def _restart_only_changes(running: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Dotted names of the settings in ``new`` that differ from those the process started with."""
+    def get(cfg: GatewayConfig, dotted: str) -> object:
+        section, name = dotted.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    return [name for name in _RESTART_ONLY if get(running, name) != get(new, name)]
 
 
 class GatewayServer:
@@ -97,6 +117,9 @@ class GatewayServer:
         self.cfg = cfg
         # Worker processes this one runs among: every reloaded config is checked against it.
         self.workers = workers
+        # What the listeners were started with: a reload is compared with this, not with the
+        # previous reload (whose restart-only changes never took effect).
+        self.boot_cfg = cfg
         self.reuse_port = reuse_port
         self.metrics = metrics or Metrics(
             route_ids=[r.id for r in cfg.routes],
@@ -141,7 +164,8 @@ class GatewayServer:
             count_handshake_failures(self.ssl_context, self.metrics.tls_handshake_failed)
         await self.handler.start()  # the state's stages: JWKS, Redis pool, ...
         self._runner = web.ServerRunner(
-            web.Server(self.handler, access_log=None, max_field_size=16384),
+            GatewayWebServer(self.handler, on_malformed=metrics.malformed_request, access_log=None,
+                             max_field_size=16384),
             handle_signals=False, shutdown_timeout=cfg.lifecycle.shutdown_grace_s,
         )
         await self._runner.setup()
@@ -165,7 +189,8 @@ class GatewayServer:
                 return b"# metrics disabled (observability.metrics.enabled: false)\n"
         admin = build_admin_app(self.readiness, render, token=cfg.admin.token,
                                 revocation=lambda: self.holder.current.revocation)
-        self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
+        self._admin_runner = AdminRunner(admin, on_malformed=self.metrics.malformed_request, access_log=None,
+                                         handle_signals=False, shutdown_timeout=1)
         await self._admin_runner.setup()
         admin_site = web.TCPSite(
             self._admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port or None
@@ -183,6 +208,7 @@ class GatewayServer:
             self._spawn(_trim_periodically(libc.malloc_trim))
         log.info("gateway listening on %s:%d (admin %s:%d) pid %d", cfg.listen.host, self.port,
                  cfg.admin.host, self.admin_port, os.getpid())
+        self.metrics.config_risks((r.id, r.label) for r in log_risks(cfg, log))
 
     @property
     def holder(self) -> StateHolder:
@@ -249,18 +275,22 @@ class GatewayServer:
                         await new_state.close()
                 self.metrics.config_reload(False)
                 return False
-            fixed = _restart_only_changes(self.cfg, new_cfg)
-            if fixed:
-                log.warning("config reload: changes to %s take effect only after a restart", ", ".join(fixed))
+            fixed = _restart_only_changes(self.boot_cfg, new_cfg)
             holder = self.holder
             old, holder.current = holder.current, new_state
             self.cfg = new_cfg
             if new_cfg.observability.access_log != old.cfg.observability.access_log:
                 self._swap_access_log(new_cfg)
             logging.getLogger().setLevel(new_cfg.observability.log_level.upper())
-            self.metrics.config_reload(True)
+            self.metrics.config_reload(True, restart_required=tuple(fixed))
+            self.metrics.config_risks((r.id, r.label) for r in log_risks(new_cfg, log))
             self._spawn(self._retire(old))
-            log.info("config reloaded from %s (%d routes)", self.config_path, len(new_cfg.routes))
+            if fixed:
+                # Not a success: part of the file is not in effect (and /metrics says so too).
+                log.warning("config reloaded from %s (%d routes) EXCEPT %s: still running with the old "
+                            "values until a restart", self.config_path, len(new_cfg.routes), ", ".join(fixed))
+            else:
+                log.info("config reloaded from %s (%d routes)", self.config_path, len(new_cfg.routes))
             return True
 
     def _swap_access_log(self, cfg: GatewayConfig) -> None:

@@ -22,6 +22,7 @@ from .observability import ObservabilityConfig
 from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority
 from .proxy import ProxyConfig
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
+from .risks import RiskId, unacknowledged_refusals
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -194,6 +195,8 @@ class GatewayConfig(Model):
     revocation: RevocationConfig = RevocationConfig()
     proxy: ProxyConfig = ProxyConfig()
     paths: PathConfig = PathConfig()
+    # Risky settings (config/risks.py) that the operator accepts, by id; the rest are refused.
+    acknowledge_risks: tuple[RiskId, ...] = ()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -263,6 +266,13 @@ class GatewayConfig(Model):
         problems.extend(check_deny_entries(self.revocation, self.issuers))
         if problems:
             raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _risks_acknowledged(self) -> GatewayConfig:
+        refused = unacknowledged_refusals(self)
+        if refused:
+            raise ValueError("\n".join(refused))
         return self
 
     def upstream_for(self, route: RouteConfig) -> UpstreamConfig:

@@ -22,10 +22,14 @@ _PATTERNS: Final = (
         "[redacted-pem]",
     ),
     (re.compile(r'(?i)("d"\s*:\s*)"[A-Za-z0-9_-]+"'), r'\1"[redacted]"'),
+    # URL userinfo (``https://user:password@host``, ``rediss://:password@redis``).
+    (re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@"), r"\1[redacted]@"),
 )
 
 
 def redact(text: str) -> str:
+    """``text`` with tokens, proofs, PEM blocks, private JWK members and URL credentials scrubbed:
+    for logs, and for whatever the CLI prints."""
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     return text

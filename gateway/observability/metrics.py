@@ -22,7 +22,10 @@ What other stages call (all cheap, none blocks):
 ``metrics.replay_store_error(store)``   ``store`` in ``redis | memory``
 ``metrics.front_proxy_cert_dropped(h)`` client-cert header ``h`` from an untrusted peer dropped
 ``metrics.tls_handshake_failed(r)``     ``r`` from ``gateway.observability.tls``
-``metrics.config_reload(ok)``           one reload attempt, good or refused
+``metrics.config_reload(ok, partial)``  one reload attempt: good, refused, or applied except
+                                        for settings that need a restart
+``metrics.config_risks(pairs)``         the loaded config's risky settings, ``(id, level)``
+``metrics.malformed_request(listener)`` a request aiohttp's parser refused (400, closed)
 ======================================  ===============================================
 
 Stages that should not import this module take a small callback instead, e.g.
@@ -263,18 +266,39 @@ class Metrics:
             registry=r,
         )
         self.config_last_reload.set(time.time())
+        # Operator foot-guns (issue #13): alert on these rather than grep logs.
+        self.config_risks_gauge = Gauge(
+            "gateway_config_risks",
+            "Risky settings in the running config by id and level (warn/acknowledged); see README.",
+            ("risk", "level"),
+            registry=r,
+        )
+        self.config_restart_required = Gauge(
+            "gateway_config_restart_required",
+            "1 while the config file changes settings a reload cannot apply (listen, admin, ...).",
+            registry=r,
+        )
+        self.malformed_requests = Counter(
+            "gateway_http_malformed_requests_total",
+            "Requests refused by the HTTP parser (bad request line or header), by listener.",
+            ("listener",),
+            registry=r,
+        )
 
         self._reasons = _LabelGuard(limit=128)
         self._issuers = _LabelGuard(limit=64, pattern=_ROUTE_ID, preset=issuers)
         self._tls_reasons = _LabelGuard(limit=32)
         self._headers = _LabelGuard(limit=16, pattern=_HEADER)
         self._stores = _LabelGuard(limit=4, preset=("redis", "memory"))
+        self._risks = _LabelGuard(limit=32)
         self._routes: dict[str, RouteMetrics] = {}
         self._route_guard = _LabelGuard(limit=1024, pattern=_ROUTE_ID, preset=(UNMATCHED_ROUTE,))
         for rid in route_ids:
             self.route(rid)
-        for outcome in ("success", "failure"):
+        for outcome in ("success", "failure", "partial"):
             self.config_reloads.labels(outcome)
+        for listener in ("public", "admin"):
+            self.malformed_requests.labels(listener)
 
     # -- per request -------------------------------------------------------------------------
 
@@ -314,10 +338,22 @@ class Metrics:
     def tls_handshake_failed(self, reason: str) -> None:
         self.tls_handshake_failures.labels(self._tls_reasons(reason)).inc()
 
-    def config_reload(self, ok: bool) -> None:
-        self.config_reloads.labels("success" if ok else "failure").inc()
+    def config_reload(self, ok: bool, *, restart_required: tuple[str, ...] = ()) -> None:
+        """``restart_required``: changed settings the reload could not apply (result ``partial``)."""
+        result = ("partial" if restart_required else "success") if ok else "failure"
+        self.config_reloads.labels(result).inc()
         if ok:
             self.config_last_reload.set(time.time())
+            self.config_restart_required.set(1 if restart_required else 0)
+
+    def config_risks(self, risks: Iterable[tuple[str, str]]) -> None:
+        """Replace the risky-settings gauge with ``(risk id, level)`` pairs from the config."""
+        self.config_risks_gauge.clear()
+        for risk, level in risks:
+            self.config_risks_gauge.labels(self._risks(risk), level).inc()
+
+    def malformed_request(self, listener: str) -> None:
+        self.malformed_requests.labels("admin" if listener == "admin" else "public").inc()
 
     # -- exposition ---------------------------------------------------------------------------
 

@@ -11,10 +11,11 @@ import ssl
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from ..config import UpstreamConfig
-from ..errors import GatewayError, PayloadTooLargeError
+from ..errors import ClientBodyError, GatewayError, PayloadTooLargeError
 from .headers import HeaderPolicy
 from .http1 import ConnectionPool, UpstreamResponse
 
@@ -55,6 +56,10 @@ class UpstreamClient:
         await self.pool.close()
 
 
+# What reading the client's body raises when it breaks off or does not parse.
+_BODY_ERRORS = (ConnectionError, HttpProcessingError)
+
+
 def _too_large() -> PayloadTooLargeError:
     return PayloadTooLargeError("request body too large", reason="body_too_large")
 
@@ -66,14 +71,17 @@ async def _first_piece(request: web.BaseRequest, limit: int) -> tuple[bytes, boo
     with a Content-Length."""
     parts: list[bytes] = []
     seen = 0
-    while seen <= _BUFFER_LIMIT:
-        chunk = await request.content.readany()
-        if not chunk:
-            return b"".join(parts), True
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large()
-        parts.append(chunk)
+    try:
+        while seen <= _BUFFER_LIMIT:
+            chunk = await request.content.readany()
+            if not chunk:
+                return b"".join(parts), True
+            seen += len(chunk)
+            if seen > limit:
+                raise _too_large()
+            parts.append(chunk)
+    except _BODY_ERRORS:
+        raise ClientBodyError("request body incomplete or malformed") from None
     return b"".join(parts), False
 
 
@@ -83,11 +91,21 @@ async def _limited(request: web.BaseRequest, limit: int, first: bytes = b"") -> 
     seen = len(first)
     if first:
         yield first
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large()
-        yield chunk
+    try:
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise _too_large()
+            yield chunk
+    except _BODY_ERRORS:
+        raise ClientBodyError("request body incomplete or malformed") from None
+
+
+async def _read_body(request: web.BaseRequest) -> bytes:
+    try:
+        return await request.read()
+    except _BODY_ERRORS:
+        raise ClientBodyError("request body incomplete or malformed") from None
 
 
 class Forwarder:
@@ -114,7 +132,7 @@ class Forwarder:
         body: AsyncIterator[bytes] | bytes | None = None
         if request.body_exists:
             if length is not None and length <= _BUFFER_LIMIT:
-                body = await request.read()
+                body = await _read_body(request)
             elif length is None:
                 first, whole = await _first_piece(request, max_body_bytes)
                 body = first if whole else _limited(request, max_body_bytes, first)

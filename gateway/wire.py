@@ -1,0 +1,172 @@
+"""What the gateway's HTTP/1.1 listeners say on their own behalf (issue #13, finding 19).
+
+aiohttp answers a request its parser refuses (bad request line, bad header, header too long) by
+itself: a text/plain 400 echoing the offending line (an ``Authorization`` value included), an
+ERROR with a traceback per request (a log flood anyone can cause), and, like every response, a
+``Server: Python/3.x aiohttp/3.y`` banner. Here, for the public and the admin listener:
+
+* ``GatewayRequestHandler.handle_error``: a short fixed JSON 400 (nothing of the input), an
+  ``x-fapi-interaction-id``, ``Connection: close``; one DEBUG line without the input; counted in
+  ``gateway_http_malformed_requests_total{listener}``. A handler bug (500) is still logged with its
+  traceback (through the redaction filter), but answered with a fixed body too.
+* no ``Server`` header: aiohttp adds its banner when it prepares the headers and then runs the
+  request's prepare hook (``on_response_prepare`` for an application), where it is removed. An
+  upstream's own ``Server`` header, relayed by the proxy, is left to the header policy.
+
+Built on aiohttp's ``web.Server`` / ``RequestHandler`` seams (3.12+); tests/ops/test_leaks.py pins
+the behaviour with raw bytes over real sockets, so an aiohttp upgrade that moves them fails there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from .proxy.headers import new_interaction_id
+
+__all__ = ("AdminRunner", "GatewayRequestHandler", "GatewayWebServer", "Listener")
+
+log = logging.getLogger("gateway.wire")
+
+Listener = Literal["public", "admin"]
+OnMalformed = Callable[[str], None]
+
+
+def _body(error: str, description: str) -> bytes:
+    return json.dumps({"error": error, "error_description": description}).encode()
+
+
+_BODIES: Final[dict[int, bytes]] = {
+    400: _body("bad_request", "malformed HTTP request"),
+    500: _body("internal", "internal error"),
+    504: _body("timeout", "request handling timed out"),
+}
+
+
+def _drop_banner(response: web.StreamResponse) -> None:
+    if response.headers.get(hdrs.SERVER) == SERVER_SOFTWARE:
+        del response.headers[hdrs.SERVER]
+
+
+async def _drop_banner_signal(_request: web.Request, response: web.StreamResponse) -> None:
+    _drop_banner(response)
+
+
+class _Request(web.BaseRequest):
+    """The public listener's request: its prepare hook runs after aiohttp set the banner."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        _drop_banner(response)
+
+
+class _ErrorResponse(web.Response):
+    """For error answers, whose request may carry no prepare hook (no route matched)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        _drop_banner(self)
+
+
+class GatewayRequestHandler(RequestHandler):
+    """One connection; differs from aiohttp's only in how it answers what it cannot handle."""
+
+    __slots__ = ("_listener", "_on_malformed")
+
+    def __init__(self, manager: web.Server, *, listener: Listener, on_malformed: OnMalformed | None,
+                 **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._listener = listener
+        self._on_malformed = on_malformed
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # As aiohttp: the response has started, so the connection is all that can be dropped.
+            raise ConnectionError("response already started; cannot send an error response")
+        fapi_id = new_interaction_id()
+        if isinstance(exc, HttpProcessingError):
+            status = 400
+            if self._on_malformed is not None:
+                self._on_malformed(self._listener)
+            # The class name only: aiohttp's message quotes the offending bytes (credentials).
+            log.debug("malformed HTTP request refused on the %s listener: %s (x-fapi-interaction-id %s)",
+                      self._listener, type(exc).__name__, fapi_id)
+        elif status == 504:
+            log.debug("request handler timed out (x-fapi-interaction-id %s)", fapi_id)
+        else:
+            status = 500
+            log.error("error handling a request on the %s listener (x-fapi-interaction-id %s)",
+                      self._listener, fapi_id, exc_info=exc)
+        resp = _ErrorResponse(
+            status=status, body=_BODIES.get(status, _BODIES[500]), content_type="application/json",
+            # Said explicitly: the answer to an unparsable request goes out as HTTP/1.0, where
+            # aiohttp would leave the close implicit.
+            headers={"x-fapi-interaction-id": fapi_id, "Cache-Control": "no-store", "Connection": "close"},
+        )
+        resp.force_close()  # the parser's state is unknown after a bad message: never reuse it
+        return resp
+
+
+class GatewayWebServer(web.Server):
+    """aiohttp's low-level server with ``GatewayRequestHandler`` connections and no banner."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Any],
+        *,
+        listener: Listener = "public",
+        on_malformed: OnMalformed | None = None,
+        request_factory: Any = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, request_factory=request_factory or self._bare_request, loop=loop, **kwargs)
+        self._listener: Listener = listener
+        self._on_malformed = on_malformed
+        self._handler_kwargs = kwargs
+
+    def _bare_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return _Request(message, payload, protocol, writer, task, self._loop)
+
+    def __call__(self) -> RequestHandler:
+        return GatewayRequestHandler(self, loop=self._loop, listener=self._listener,
+                                     on_malformed=self._on_malformed, **self._handler_kwargs)
+
+
+class AdminRunner(web.AppRunner):
+    """``web.AppRunner`` for the admin application, served by a ``GatewayWebServer``."""
+
+    def __init__(self, app: web.Application, *, on_malformed: OnMalformed | None = None, **kwargs: Any) -> None:
+        app.on_response_prepare.append(_drop_banner_signal)
+        super().__init__(app, **kwargs)
+        self._on_malformed = on_malformed
+
+    async def _make_server(self) -> web.Server:
+        app_server = await super()._make_server()  # runs the app's startup, freezes it
+        return GatewayWebServer(
+            app_server.request_handler, request_factory=app_server.request_factory, listener="admin",
+            on_malformed=self._on_malformed, access_log=None,
+        )
