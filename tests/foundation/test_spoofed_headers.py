@@ -245,7 +245,7 @@ async def test_method_override_with_an_accounts_only_token_does_not_reach_the_up
         ca: {pki.ca_pem}
     routes:
       - id: payments
-        match: {{path_prefix: /payments}}
+        match: {{path_prefix: /payments, methods: [GET, HEAD, POST]}}
         upstream: {upstream.url}
         auth: {{issuers: [bank-as], audience: {AUD}, method_scopes: {{GET: [accounts], POST: [payments]}}}}
     """)

@@ -48,7 +48,8 @@ def write(path: Path, as_key: AsKey, upstream: str, replay: str) -> Path:
 def send(port: int, token: str, proof: str) -> int:
     # urllib opens a new connection per request, so SO_REUSEPORT spreads them over both workers.
     req = urllib.request.Request(f"http://127.0.0.1:{port}/accounts",
-                                 headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+                                 headers={"Authorization": f"DPoP {token}", "DPoP": proof,
+                                          "Host": "api.bank.example"})  # the route's external_origin
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()

@@ -32,6 +32,7 @@ routes:
   - id: payments
     match: {match}
     upstream: http://127.0.0.1:9
+    external_origin: https://api.bank.example
     auth: {auth}
 """
 
