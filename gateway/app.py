@@ -133,10 +133,16 @@ class GatewayState:
         )
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
         dpop_algs = tuple(cfg.dpop.algorithms)
-        self.upstreams: dict[str, UpstreamClient] = {}
+        # One pool per named upstream; an inline URL is keyed by its full settings. Never by URL
+        # alone: two upstreams may share a URL with different timeouts, CAs or client certs.
+        self.upstreams: dict[object, UpstreamClient] = {}
         self.routes: dict[str, RouteRuntime] = {}
         for route in self.router.routes:
-            up = self.upstreams.setdefault(route.upstream.url, UpstreamClient(route.upstream))
+            name = route.config.upstream
+            key: object = ("name", name) if name in cfg.upstreams else ("inline", route.upstream)
+            up = self.upstreams.get(key)
+            if up is None:
+                up = self.upstreams[key] = UpstreamClient(route.upstream)
             policy = route.config.auth
             self.routes[route.id] = RouteRuntime(
                 route=route,
