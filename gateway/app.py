@@ -155,7 +155,9 @@ class GatewayState:
                 upstream=up,
                 cors=CorsPolicy(route.config.cors, route.config.match.methods) if route.config.cors else None,
             )
-        self.forwarder = Forwarder()
+        self.forwarder = Forwarder(
+            body_timeout_s=cfg.listen.limits.body_timeout_s, on_stall=metrics.connection_closed
+        )
         listen = cfg.listen
         self.scheme = "https" if listen.tls is not None else "http"
         self.origin = listen.external_origin
@@ -229,9 +231,12 @@ def error_response(
         body["error_description"] = exc.description[:200]
     if isinstance(exc, DependencyError) and exc.retry_after_s:
         headers["Retry-After"] = str(exc.retry_after_s)
-    return web.Response(
+    resp = web.Response(
         status=exc.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
     )
+    if exc.close_connection:
+        resp.force_close()
+    return resp
 
 
 def _with_cert_header(

@@ -52,6 +52,7 @@ __all__ = (
     "OAuthError",
     "PayloadTooLargeError",
     "ReplayStoreUnavailableError",
+    "RequestTimeoutError",
     "RouteNotFoundError",
     "Scheme",
     "UpstreamTimeoutError",
@@ -65,6 +66,8 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     default_reason: ClassVar[str] = "internal"
+    # The connection cannot carry another request after this answer (e.g. a body left unread).
+    close_connection: ClassVar[bool] = False
 
     def __init__(self, description: str = "", *, reason: str | None = None) -> None:
         super().__init__(description)
@@ -204,6 +207,14 @@ class ExpectationFailedError(GatewayError):
 
     status = 417
     default_reason = "expectation_failed"
+
+
+class RequestTimeoutError(GatewayError):
+    """The client stopped sending its request body (RFC 9110 §15.5.9); the connection is closed."""
+
+    status = 408
+    default_reason = "body_timeout"
+    close_connection = True
 
 
 class PayloadTooLargeError(GatewayError):

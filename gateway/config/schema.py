@@ -17,6 +17,7 @@ from .base import Cidr, FilePath, Model
 from .dpop import DpopConfig, check_workers
 from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
+from .listener import ListenerLimits
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
 
@@ -70,6 +71,8 @@ class Listen(Model):
     external_origin: Origin | None = None
     # Peers allowed to set X-Forwarded-* / client-certificate headers.
     trusted_proxies: tuple[Cidr, ...] = ()
+    # Slow-client deadlines and the connection cap (config/listener.py).
+    limits: ListenerLimits = ListenerLimits()
 
 
 class Admin(Model):

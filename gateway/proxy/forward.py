@@ -6,14 +6,15 @@ and query are sent exactly as received; upstream failures map to 502/504 without
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import UpstreamConfig
-from ..errors import GatewayError, PayloadTooLargeError
+from ..errors import GatewayError, PayloadTooLargeError, RequestTimeoutError
 from .headers import HeaderPolicy
 from .http1 import ConnectionPool, UpstreamResponse
 
@@ -54,9 +55,28 @@ class UpstreamClient:
         await self.pool.close()
 
 
-async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
+async def _read_small(request: web.BaseRequest, timeout_s: float) -> bytes:
+    # A small body has one deadline for all of it: at most 64 KiB in body_timeout_s.
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError("the request body did not arrive in time") from None
+
+
+async def _limited(request: web.BaseRequest, limit: int, idle_s: float) -> AsyncIterator[bytes]:
+    # Per read: a large upload may take long, but it may not stall while holding an upstream
+    # connection. The timeout raised here aborts the upstream exchange (ConnectionPool.request).
     seen = 0
-    async for chunk in request.content.iter_chunked(_CHUNK):
+    content = request.content
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await content.read(_CHUNK)
+        except TimeoutError:
+            raise RequestTimeoutError("the request body stopped arriving") from None
+        if not chunk:
+            return
         seen += len(chunk)
         if seen > limit:
             raise PayloadTooLargeError("request body too large", reason="body_too_large")
@@ -64,7 +84,15 @@ async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]
 
 
 class Forwarder:
-    """Sends a request upstream and streams the answer back."""
+    """Sends a request upstream and streams the answer back.
+
+    ``body_timeout_s``: the longest a request body may stall, or a response write may wait for a
+    client that does not read; ``on_stall("send_timeout")`` counts the latter.
+    """
+
+    def __init__(self, *, body_timeout_s: float = 30.0, on_stall: Callable[[str], None] | None = None) -> None:
+        self._body_s = body_timeout_s
+        self._on_stall = on_stall
 
     async def forward(
         self,
@@ -83,9 +111,9 @@ class Forwarder:
         body: AsyncIterator[bytes] | bytes | None = None
         if request.body_exists:
             if length is not None and length <= _BUFFER_LIMIT:
-                body = await request.read()
+                body = await _read_small(request, self._body_s)
             else:
-                body = _limited(request, max_body_bytes)
+                body = _limited(request, max_body_bytes, self._body_s)
         up = await upstream.pool.request(request.method, request.raw_path, headers, body, length=length)
         try:
             headers_out = header_policy.client_response_headers(up.headers)
@@ -101,9 +129,8 @@ class Forwarder:
         finally:
             up.release()
 
-    @staticmethod
     async def _relay(
-        request: web.BaseRequest, up: UpstreamResponse, headers: CIMultiDict[str]
+        self, request: web.BaseRequest, up: UpstreamResponse, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
         if up.content_length is None and request.method != "HEAD" and up.status not in (204, 304):
@@ -112,7 +139,16 @@ class Forwarder:
         if request.method != "HEAD":
             try:
                 async for chunk in up.iter_chunks():
-                    await resp.write(chunk)
+                    # The upstream's read timer pauses while our client is slow, so this deadline
+                    # is what stops a client that never reads from pinning the upstream connection.
+                    async with asyncio.timeout(self._body_s):
+                        await resp.write(chunk)
+            except TimeoutError:
+                if self._on_stall is not None:
+                    self._on_stall("send_timeout")
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
             except (GatewayError, ConnectionResetError):
                 # Headers are gone already: the only honest signal left is a broken connection.
                 if request.transport is not None:
