@@ -41,6 +41,7 @@ __all__ = (
     "ExpectationFailedError",
     "GatewayError",
     "InsufficientScopeError",
+    "IntrospectionBusyError",
     "IntrospectionUnavailableError",
     "InvalidDpopProofError",
     "InvalidRequestError",
@@ -160,6 +161,13 @@ class KeySourceUnavailableError(DependencyError):
 
 class IntrospectionUnavailableError(DependencyError):
     default_reason = "introspection_unavailable"
+
+
+class IntrospectionBusyError(IntrospectionUnavailableError):
+    """Shed before calling the AS: no slot free in time, the queue full, or the source's budget used."""
+
+    default_reason = "introspection_busy"
+    retry_after_s = 1
 
 
 class ReplayStoreUnavailableError(DependencyError):
