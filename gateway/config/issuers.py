@@ -129,6 +129,11 @@ class IntrospectionConfig(Model):
     # Calls in flight or waiting on behalf of one source (client certificate, else client address,
     # IPv6 by /64): one client flooding garbage tokens cannot take every slot.
     max_concurrent_per_source: Annotated[int, Field(ge=1, le=10_000)] = 8
+    # Token scanning (INTR-11): once a source's tokens came back inactive this many times within
+    # inactive_window_s, its uncached tokens are refused (503) without asking the AS until the
+    # window ends. Valid and cached tokens never count; raise it for clients behind one NAT.
+    max_inactive_per_source: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    inactive_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # Tokens outside these lengths are refused (401) without asking the AS. RFC 6749 §10.10 wants
     # at least 128 bits of entropy: no genuine token is shorter than ~22 characters.
     min_token_length: Annotated[int, Field(ge=1, le=1024)] = 16

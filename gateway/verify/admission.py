@@ -10,8 +10,11 @@ wait without limit behind them. Now, per issuer:
 
 and anything beyond is refused at once with ``IntrospectionBusyError`` (503 + ``Retry-After``),
 before the AS is asked. Cached answers never pass through here, so a flood does not slow them.
-Rate limits per client (requests per second) are the rate limiter's job; this bounds what one
-source can hold at a time, and so the AS calls a flood can cause while the AS is slow.
+
+A fast AS answers a flood quickly, so concurrency alone does not bound the calls it costs:
+``ScanGuard`` counts the inactive answers each source caused, and a source with
+``max_inactive_per_source`` of them in ``inactive_window_s`` gets no further AS call until the
+window ends (token scanning, INTR-11). General request rate limits are the rate limiter's job.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import asyncio
 import contextlib
 import ipaddress
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+from cachetools import TLRUCache
 
 from ..errors import IntrospectionBusyError
 from ..model import AuthRequest
 
-__all__ = ("CallGate", "request_source")
+__all__ = ("CallGate", "ScanGuard", "request_source")
 
 
 def request_source(req: AuthRequest) -> str | None:
@@ -121,3 +126,36 @@ class CallGate:
                 fut.set_result(None)  # the slot goes straight to the next waiter
                 return
         self._in_use -= 1
+
+
+# Sources remembered at once; beyond, the oldest windows are forgotten (memory stays bounded).
+_SCAN_SOURCES = 10_000
+
+
+class ScanGuard:
+    """Inactive answers per source in a fixed window; at the limit the source is throttled."""
+
+    def __init__(self, *, limit: int, window_s: float, clock: Callable[[], float]) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._clock = clock
+        # source -> (inactive answers, end of its window); an entry expires with its window.
+        self._windows: TLRUCache[str, tuple[int, float]] = TLRUCache(
+            maxsize=_SCAN_SOURCES, ttu=lambda _k, v, _now: v[1], timer=clock
+        )
+
+    def check(self, source: str | None) -> None:
+        if source is None:
+            return
+        seen = self._windows.get(source)
+        if seen is not None and seen[0] >= self._limit:
+            raise _busy("too many unknown tokens from this client; retry later", "introspection_source_throttled")
+
+    def inactive(self, source: str | None) -> None:
+        if source is None:
+            return
+        seen = self._windows.get(source)
+        if seen is None:
+            self._windows[source] = (1, self._clock() + self._window_s)
+        else:
+            self._windows[source] = (seen[0] + 1, seen[1])

@@ -11,7 +11,8 @@
   (503, fail closed); nothing is cached, so cached answers keep serving within their TTL.
 - Bounded admission (``admission.py``): tokens of implausible length are refused without a call;
   calls get a slot within ``queue_timeout_s`` among at most ``max_queued_calls`` waiters, and one
-  source holds at most ``max_concurrent_per_source`` calls; otherwise 503 + Retry-After at once.
+  source holds at most ``max_concurrent_per_source`` calls, and a source whose tokens keep coming
+  back inactive is throttled (``max_inactive_per_source``); otherwise 503 + Retry-After at once.
 - RFC 9701 (``response: jwt``): a JWS with ``typ`` token-introspection+jwt signed by the issuer,
   ``iss`` = issuer, ``aud`` = our client_id, members under ``token_introspection``.
 """
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ..config.issuers import IssuerConfig
 from ..errors import GatewayError, IntrospectionUnavailableError, InvalidTokenError
 from ..model import VerifiedToken
-from .admission import CallGate
+from .admission import CallGate, ScanGuard
 from .claims import to_verified_token
 from .fetch import Discovery, FetchError, IssuerHttp
 from .jose import loads_strict, looks_like_jws, parse_compact, verify_signature
@@ -89,6 +90,7 @@ class Introspector:
             slots=icfg.max_concurrent_calls, max_queued=icfg.max_queued_calls,
             queue_timeout_s=icfg.queue_timeout_s, per_source=icfg.max_concurrent_per_source,
         )
+        self._scans = ScanGuard(limit=icfg.max_inactive_per_source, window_s=icfg.inactive_window_s, clock=clock)
         self._signing_key: Any = None
         auth = icfg.client_auth
         if auth.method == "private_key_jwt":
@@ -117,6 +119,7 @@ class Introspector:
         task = self._inflight.get(digest)
         if task is None:
             # A new call counts against its source until it ends; joining one in flight is free.
+            self._scans.check(source)
             self._gate.reserve(source)
             task = asyncio.create_task(self._introspect_and_cache(token, digest))
             self._inflight[digest] = task
@@ -127,8 +130,8 @@ class Introspector:
     def _finished(self, digest: bytes, task: asyncio.Task[VerifiedToken], source: str | None) -> None:
         self._inflight.pop(digest, None)
         self._gate.unreserve(source)
-        if not task.cancelled():
-            task.exception()  # mark retrieved even if every waiter was cancelled
+        if not task.cancelled() and isinstance(task.exception(), InvalidTokenError):
+            self._scans.inactive(source)  # task.exception() also marks it retrieved
 
     async def _introspect_and_cache(self, token: str, digest: bytes) -> VerifiedToken:
         # Shed here (IntrospectionBusyError) is not an AS outcome: outside the counted try.

@@ -201,3 +201,28 @@ async def test_flood_from_one_client_leaves_others_served(
     auth_server.hold_unknown.set()
     assert {(await t)[0] for t in flood} == {503, 401}
     assert auth_server.introspection_calls == 1 + 8 + 1
+
+
+async def test_token_scanning_source_throttled(auth_server: AuthServer, issuer_cfg: Any, make_verifier: Any,
+                                               clock: Any) -> None:
+    """INTR-11: a fast AS does not make scanning cheap. After 5 inactive answers within the window,
+    the source's uncached tokens are refused without an AS call (503); other sources, and the
+    source's cached tokens, are unaffected; the window ends and the source may try again."""
+    auth_server.tokens["valid-" + "v" * 20] = active()
+    v = await make_verifier(icfg_for(auth_server, issuer_cfg, max_inactive_per_source=5, inactive_window_s=60))
+    await v.verify("valid-" + "v" * 20, policy(), source="ip:203.0.113.9")  # cached from now on
+    outcomes = []
+    for _ in range(50):
+        try:
+            await v.verify(garbage(), policy(), source="ip:203.0.113.9")
+        except (InvalidTokenError, IntrospectionUnavailableError) as exc:
+            outcomes.append((exc.status, exc.reason))
+    assert outcomes == [(401, "token_inactive")] * 5 + [(503, "introspection_source_throttled")] * 45
+    assert auth_server.introspection_calls == 1 + 5
+    assert (await v.verify("valid-" + "v" * 20, policy(), source="ip:203.0.113.9")).subject == "cust-9"
+    with pytest.raises(InvalidTokenError):
+        await v.verify(garbage(), policy(), source="ip:198.51.100.7")
+    clock.advance(61)
+    with pytest.raises(InvalidTokenError):
+        await v.verify(garbage(), policy(), source="ip:203.0.113.9")
+    assert auth_server.introspection_calls == 1 + 5 + 2
