@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from aiohttp import web
@@ -79,7 +80,13 @@ def build_pipeline(
     tokens = AccessTokenVerifier(cfg.issuers, events=metrics)
     lifecycles.append(tokens)  # loads metadata + JWKS before serving; closes HTTP sessions
     injected = identity_header_names(route.auth for route in cfg.routes)
-    pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy)
+    from .verify.admission import request_source
+
+    # Who an introspection call counts against (verify/admission.py); behind a trusted front
+    # proxy, the client it forwarded for.
+    proxies = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.listen.trusted_proxies)
+    pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
+                            source=partial(request_source, trusted_proxies=proxies))
     return pipeline, lifecycles, injected
 
 

@@ -9,6 +9,7 @@ forwardAuth endpoint, since nothing here knows about forwarding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .config import AuthPolicy, RouteConfig
@@ -55,7 +56,9 @@ class AuthPipeline:
         tokens: TokenVerifier,
         binder: BindingChecker,
         policy: PolicyChecker,
+        source: Callable[[AuthRequest], str | None] = request_source,
     ) -> None:
+        self._source = source
         self._extract = extract
         self._tokens = tokens
         self._binder = binder
@@ -68,7 +71,7 @@ class AuthPipeline:
         creds = self._extract(req, policy)
         try:
             # source: the client an introspection call counts against (verify/admission.py).
-            token = await self._tokens.verify(creds.token, policy, source=request_source(req))
+            token = await self._tokens.verify(creds.token, policy, source=self._source(req))
             binding = await self._binder.check(req, creds, token, policy)
             return self._policy(req, token, binding, policy)
         except OAuthError as exc:

@@ -33,15 +33,24 @@ from ..model import AuthRequest
 __all__ = ("CallGate", "ScanGuard", "request_source")
 
 
-def request_source(req: AuthRequest) -> str | None:
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def request_source(req: AuthRequest, trusted_proxies: Networks = ()) -> str | None:
     """Who a request counts against: its client certificate if it has one (the TLS identity, the
     same behind a NAT or a front proxy), else its address. IPv6 counts by /64, since one host
-    usually holds a whole /64. None when neither is known."""
+    usually holds a whole /64. Behind a trusted front proxy the address is the last one that proxy
+    added to X-Forwarded-For (not the proxy's own, which every client would share). None when no
+    client can be told apart: then only the issuer-wide bounds apply."""
     if req.peer_cert is not None:
         return "x5t:" + req.peer_cert.x5t_s256
     remote = req.remote
     if not remote:
         return None
+    if trusted_proxies and _within(remote, trusted_proxies):
+        remote = _forwarded_client(req, trusted_proxies)
+        if remote is None:
+            return None
     if ":" not in remote:
         return "ip:" + remote  # IPv4 (every request pays for this line: no parsing)
     try:
@@ -51,6 +60,28 @@ def request_source(req: AuthRequest) -> str | None:
     if addr.ipv4_mapped is not None:
         return "ip:" + str(addr.ipv4_mapped)
     return "ip:" + str(ipaddress.IPv6Network((addr, 64), strict=False))
+
+
+def _within(address: str, networks: Networks) -> bool:
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+def _forwarded_client(req: AuthRequest, trusted_proxies: Networks) -> str | None:
+    """The rightmost X-Forwarded-For entry that is not itself a trusted proxy (entries to its left
+    were written by the client and prove nothing)."""
+    hops = [h.strip() for value in req.headers.getall("X-Forwarded-For", []) for h in value.split(",")]
+    for hop in reversed(hops[-16:]):
+        try:
+            addr = ipaddress.ip_address(hop)
+        except ValueError:
+            return None
+        if not any(addr in net for net in trusted_proxies):
+            return str(addr)
+    return None
 
 
 def _busy(description: str, reason: str) -> IntrospectionBusyError:

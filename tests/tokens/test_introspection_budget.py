@@ -10,6 +10,7 @@ number of AS calls stays at the bound.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -107,9 +108,10 @@ async def test_token_length_checked_before_any_call(auth_server: AuthServer, iss
     assert auth_server.introspection_calls == 0
 
 
-def _req(remote: str, cert: bytes | None = None) -> AuthRequest:
+def _req(remote: str, cert: bytes | None = None, xff: str | None = None) -> AuthRequest:
+    headers = CIMultiDict({"X-Forwarded-For": xff} if xff is not None else {})
     return AuthRequest(method="GET", url="https://gw/x", path="/x", query_string="",
-                       headers=CIMultiDictProxy(CIMultiDict()), remote=remote,
+                       headers=CIMultiDictProxy(headers), remote=remote,
                        peer_cert=PeerCertificate(cert) if cert is not None else None)
 
 
@@ -124,6 +126,14 @@ def test_request_source() -> None:
     assert with_cert is not None and with_cert.startswith("x5t:")
     assert with_cert != request_source(_req("192.0.2.1", b"der-b"))
     assert request_source(_req("")) is None
+    # Behind a trusted front proxy: the client it forwarded for, never the proxy (shared by all),
+    # never what the client itself wrote further left.
+    proxies = (ipaddress.ip_network("10.0.0.0/8"),)
+    assert request_source(_req("10.1.1.1", xff="6.6.6.6, 192.0.2.5"), proxies) == "ip:192.0.2.5"
+    assert request_source(_req("10.1.1.1", xff="192.0.2.5, 10.2.2.2"), proxies) == "ip:192.0.2.5"
+    assert request_source(_req("10.1.1.1"), proxies) is None
+    assert request_source(_req("10.1.1.1", xff="not-an-ip"), proxies) is None
+    assert request_source(_req("192.0.2.9", xff="6.6.6.6"), proxies) == "ip:192.0.2.9"  # not a proxy
 
 
 @pytest.mark.parametrize(
