@@ -266,4 +266,4 @@ def test_bad_limits_named_at_load(limits: str, expected: str) -> None:
 def test_safe_defaults() -> None:
     limits = ListenerLimits()
     assert (limits.handshake_timeout_s, limits.header_timeout_s, limits.idle_timeout_s,
-            limits.body_timeout_s, limits.max_connections) == (10, 10, 60, 30, 4096)
+            limits.body_timeout_s, limits.max_connections) == (10, 10, 60, 30, 2048)
