@@ -39,7 +39,7 @@ from .observability.observer import CLIENT_CLOSED, Observer
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
-from .proxy.forward import Forwarder, UpstreamClient
+from .proxy.forward import BodyDeadlines, Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS
 from .routing import Route, Router, check_path
 from .tls.clientcerts import ClientCertificates
@@ -162,8 +162,9 @@ class GatewayState:
                 upstream=up,
                 cors=CorsPolicy(route.config.cors, route.config.match.methods) if route.config.cors else None,
             )
+        limits = cfg.listen.limits
         self.forwarder = Forwarder(
-            body_timeout_s=cfg.listen.limits.body_timeout_s, on_stall=metrics.connection_closed
+            body=BodyDeadlines(limits.body_timeout_s, limits.body_min_rate_bytes_s), on_stall=metrics.connection_closed
         )
         listen = cfg.listen
         self.scheme = "https" if listen.tls is not None else "http"

@@ -6,6 +6,7 @@
         header_timeout_s: 10      # a new connection's first request head, or a head once begun
         idle_timeout_s: 60        # keep-alive: no new request for this long -> closed
         body_timeout_s: 30        # no request-body bytes (or no response progress) for this long
+        body_min_rate_bytes_s: 500  # and a body must average this (deadline grows 1 s per 500 B)
         max_connections: 2048     # open connections per listener and worker process
 
 At ``max_connections`` a new connection closes the oldest idle keep-alive connection; if none is
@@ -34,4 +35,8 @@ class ListenerLimits(Model):
     header_timeout_s: _Deadline = 10.0
     idle_timeout_s: _Deadline = 60.0
     body_timeout_s: _Deadline = 30.0
+    # A streamed body must also average this rate: its deadline is body_timeout_s plus one second
+    # per this many bytes received (Apache mod_reqtimeout's MinRate), so a drip cannot hold an
+    # upstream connection for hours by never pausing long enough for the per-read deadline.
+    body_min_rate_bytes_s: Annotated[int, Field(ge=1, le=1_000_000_000)] = 500
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 2048

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -18,7 +19,7 @@ from ..errors import GatewayError, PayloadTooLargeError, RequestTimeoutError
 from .headers import HeaderPolicy
 from .http1 import ConnectionPool, UpstreamResponse
 
-__all__ = ("Forwarder", "UpstreamClient")
+__all__ = ("BodyDeadlines", "Forwarder", "UpstreamClient")
 
 _CHUNK = 64 * 1024
 # Bodies up to this size (with a known length) are relayed in one piece: one read, one write, no
@@ -55,26 +56,43 @@ class UpstreamClient:
         await self.pool.close()
 
 
-async def _read_small(request: web.BaseRequest, timeout_s: float) -> bytes:
-    # A small body has one deadline for all of it: at most 64 KiB in body_timeout_s.
+@dataclass(frozen=True, slots=True)
+class BodyDeadlines:
+    """How long a request body may take: ``idle_s`` per read, and in all ``idle_s`` plus one
+    second per ``min_rate`` bytes (Apache mod_reqtimeout's MinRate): slow is fine, a drip is not."""
+
+    idle_s: float = 30.0
+    min_rate: int = 500
+
+    def total_s(self, size: int) -> float:
+        return self.idle_s + size / self.min_rate
+
+
+async def _read_small(request: web.BaseRequest, length: int, limits: BodyDeadlines) -> bytes:
+    # A small body of known length: one deadline for all of it.
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(limits.total_s(length)):
             return await request.read()
     except TimeoutError:
         raise RequestTimeoutError("the request body did not arrive in time") from None
 
 
-async def _limited(request: web.BaseRequest, limit: int, idle_s: float) -> AsyncIterator[bytes]:
-    # Per read: a large upload may take long, but it may not stall while holding an upstream
+async def _limited(request: web.BaseRequest, limit: int, limits: BodyDeadlines) -> AsyncIterator[bytes]:
+    # A large upload may take long, but it may not stall, nor trickle, while it holds an upstream
     # connection. The timeout raised here aborts the upstream exchange (ConnectionPool.request).
     seen = 0
+    waited = 0.0  # time spent waiting for the client only (not for a slow upstream to take it)
     content = request.content
+    loop = asyncio.get_running_loop()
     while True:
+        remaining = limits.total_s(seen) - waited
+        t0 = loop.time()
         try:
-            async with asyncio.timeout(idle_s):
+            async with asyncio.timeout(max(0.0, min(limits.idle_s, remaining))):
                 chunk = await content.read(_CHUNK)
         except TimeoutError:
             raise RequestTimeoutError("the request body stopped arriving") from None
+        waited += loop.time() - t0
         if not chunk:
             return
         seen += len(chunk)
@@ -86,12 +104,13 @@ async def _limited(request: web.BaseRequest, limit: int, idle_s: float) -> Async
 class Forwarder:
     """Sends a request upstream and streams the answer back.
 
-    ``body_timeout_s``: the longest a request body may stall, or a response write may wait for a
-    client that does not read; ``on_stall("send_timeout")`` counts the latter.
+    ``body``: the deadlines of request bodies; ``body.idle_s`` is also the longest a response write
+    may wait for a client that does not read (``on_stall("send_timeout")`` counts those).
     """
 
-    def __init__(self, *, body_timeout_s: float = 30.0, on_stall: Callable[[str], None] | None = None) -> None:
-        self._body_s = body_timeout_s
+    def __init__(self, *, body: BodyDeadlines | None = None, on_stall: Callable[[str], None] | None = None) -> None:
+        self._body = body or BodyDeadlines()
+        self._body_s = self._body.idle_s
         self._on_stall = on_stall
 
     async def forward(
@@ -111,9 +130,9 @@ class Forwarder:
         body: AsyncIterator[bytes] | bytes | None = None
         if request.body_exists:
             if length is not None and length <= _BUFFER_LIMIT:
-                body = await _read_small(request, self._body_s)
+                body = await _read_small(request, length, self._body)
             else:
-                body = _limited(request, max_body_bytes, self._body_s)
+                body = _limited(request, max_body_bytes, self._body)
         up = await upstream.pool.request(request.method, request.raw_path, headers, body, length=length)
         try:
             headers_out = header_policy.client_response_headers(up.headers)

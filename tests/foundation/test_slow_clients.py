@@ -163,6 +163,31 @@ async def test_slow_body_408_and_nothing_reaches_upstream(
         writer.close()
 
 
+async def test_dripped_body_below_min_rate_408(gateway: GatewayFactory, upstream: Upstream, pki: Pki) -> None:
+    """A streamed body dripped slower than ``body_min_rate_bytes_s`` (never idle long enough for the
+    per-read deadline) still gets 408: it cannot hold the upstream connection for hours."""
+    limits = "body_timeout_s: 1, body_min_rate_bytes_s: 10000, idle_timeout_s: 60"
+    gw = await gateway(config(pki, upstream.url, limits, "max_body_bytes: 2000000"), raw=True)
+    reader, writer = await tls_open(gw.port, pki)
+    loop = asyncio.get_running_loop()
+    try:
+        writer.write(b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n")
+        end = loop.time() + WAIT_S
+        got = b""
+        while loop.time() < end and not got:
+            try:
+                writer.write(b"d" * 200)  # 1000 B/s, a read every 0.2 s
+                await writer.drain()
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+                break
+            with contextlib.suppress(TimeoutError):
+                got = await asyncio.wait_for(reader.read(65536), 0.2)
+        assert got.startswith(b"HTTP/1.1 408"), f"still reading a dripped body after {WAIT_S} s: {got[:100]!r}"
+        assert upstream.requests == []
+    finally:
+        writer.close()
+
+
 async def test_tls_handshake_timeout(gateway: GatewayFactory, upstream: Upstream, pki: Pki) -> None:
     """A TCP connection that never starts the TLS handshake is dropped after handshake_timeout_s."""
     gw = await gateway(config(pki, upstream.url, "handshake_timeout_s: 0.5"), raw=True)
@@ -253,6 +278,7 @@ async def test_client_that_stops_reading_releases_the_upstream(
         ("idle_timeout_s: 3630", "listen.limits.idle_timeout_s: Input should be less than or equal to 600"),
         ("max_connections: 0", "listen.limits.max_connections: Input should be greater than or equal to 1"),
         ("body_timeout: 5", "listen.limits.body_timeout: unknown key"),
+        ("body_min_rate_bytes_s: 0", "listen.limits.body_min_rate_bytes_s: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_limits_named_at_load(limits: str, expected: str) -> None:
@@ -266,4 +292,4 @@ def test_bad_limits_named_at_load(limits: str, expected: str) -> None:
 def test_safe_defaults() -> None:
     limits = ListenerLimits()
     assert (limits.handshake_timeout_s, limits.header_timeout_s, limits.idle_timeout_s,
-            limits.body_timeout_s, limits.max_connections) == (10, 10, 60, 30, 2048)
+            limits.body_timeout_s, limits.body_min_rate_bytes_s, limits.max_connections) == (10, 10, 60, 30, 500, 2048)
