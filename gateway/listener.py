@@ -75,6 +75,11 @@ class ConnectionGuard:
         self._on_close = on_close
         self._on_open_change = on_open_change
 
+    @property
+    def idle(self) -> int:
+        """Connections that could be closed to make room (no request under way, no head begun)."""
+        return len(self._idle)
+
     def closed_by_us(self, reason: str) -> None:
         if self._on_close is not None:
             self._on_close(reason)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -65,6 +66,14 @@ async def read_until_closed(reader: asyncio.StreamReader, wait_s: float = WAIT_S
     except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
         pass
     return True, got
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + WAIT_S
+    while not condition():
+        assert loop.time() < end, "gave up waiting"
+        await asyncio.sleep(0.01)
 
 
 def closed_count(gw: GatewayServer, reason: str) -> float:
@@ -213,8 +222,10 @@ async def test_connection_cap_refuses_when_all_busy_and_evicts_idle(
     connection; when none is idle (all have a request under way) it is closed at once."""
     limits = "max_connections: 3, header_timeout_s: 30, idle_timeout_s: 60"
     gw = await gateway(config(pki, upstream.url, limits), raw=True)
+    guard = gw.connections
+    assert guard is not None
     busy = [await _partial_head(gw.port, pki) for _ in range(3)]
-    await asyncio.sleep(0.2)  # the gateway has seen the three heads begin
+    await until(lambda: guard.open == 3 and guard.idle == 0)  # the gateway has seen the heads begin
     try:
         reader, writer = await tls_open(gw.port, pki)
         closed, got = await read_until_closed(reader, 5.0)  # << header_timeout_s: not a timeout
@@ -224,7 +235,7 @@ async def test_connection_cap_refuses_when_all_busy_and_evicts_idle(
     finally:
         for w in busy:
             w.close()
-    await asyncio.sleep(0.2)
+    await until(lambda: guard.open == 0)
 
     # Three idle keep-alive connections (each served one request) fill the cap again ...
     sessions = []
@@ -234,6 +245,7 @@ async def test_connection_cap_refuses_when_all_busy_and_evicts_idle(
         r = await s.get(f"https://localhost:{gw.port}/x", ssl=pki.client_context())
         assert r.status == 200
         await r.read()
+    await until(lambda: guard.open == 3 and guard.idle == 3)
     try:
         # ... and a real client on a fresh connection is still served: an idle one makes room.
         async with aiohttp.ClientSession() as fresh:
