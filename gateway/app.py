@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from aiohttp import web
@@ -39,7 +40,7 @@ from .origin import HostPolicy
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
-from .proxy.forward import Forwarder, UpstreamClient
+from .proxy.forward import BodyDeadlines, Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS, default_pseudonym
 from .revocation import Revocation, build_denylist
 from .routing import Route, Router
@@ -82,7 +83,13 @@ def build_pipeline(
     lifecycles.append(tokens)  # loads metadata + JWKS before serving; closes HTTP sessions
     lifecycles.append(Revocation(cfg, tokens))  # the admin kill switch (issue #13); Redis sync
     injected = identity_header_names(route.auth for route in cfg.routes)
-    pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy)
+    from .verify.admission import request_source
+
+    # Who an introspection call counts against (verify/admission.py); behind a trusted front
+    # proxy, the client it forwarded for.
+    proxies = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.listen.trusted_proxies)
+    pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
+                            source=partial(request_source, trusted_proxies=proxies))
     return pipeline, lifecycles, injected
 
 
@@ -138,10 +145,16 @@ class GatewayState:
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
         dpop_algs = tuple(cfg.dpop.algorithms)
         pseudonym = default_pseudonym(cfg)  # our name in Via, and how a loop is recognised
-        self.upstreams: dict[str, UpstreamClient] = {}
+        # One pool per named upstream; an inline URL is keyed by its full settings. Never by URL
+        # alone: two upstreams may share a URL with different timeouts, CAs or client certs.
+        self.upstreams: dict[object, UpstreamClient] = {}
         self.routes: dict[str, RouteRuntime] = {}
         for route in self.router.routes:
-            up = self.upstreams.setdefault(route.upstream.url, UpstreamClient(route.upstream))
+            name = route.config.upstream
+            key: object = ("name", name) if name in cfg.upstreams else ("inline", route.upstream)
+            up = self.upstreams.get(key)
+            if up is None:
+                up = self.upstreams[key] = UpstreamClient(route.upstream)
             policy = route.config.auth
             self.routes[route.id] = RouteRuntime(
                 route=route,
@@ -154,7 +167,10 @@ class GatewayState:
                 upstream=up,
                 cors=CorsPolicy(route.config.cors, route.config.match.methods) if route.config.cors else None,
             )
-        self.forwarder = Forwarder()
+        limits = cfg.listen.limits
+        self.forwarder = Forwarder(
+            body=BodyDeadlines(limits.body_timeout_s, limits.body_min_rate_bytes_s), on_stall=metrics.connection_closed
+        )
         listen = cfg.listen
         self.scheme = "https" if listen.tls is not None else "http"
         self.origin = listen.external_origin

@@ -50,6 +50,7 @@ __all__ = (
     "GatewayError",
     "HeaderRefusedError",
     "InsufficientScopeError",
+    "IntrospectionBusyError",
     "IntrospectionUnavailableError",
     "InvalidDpopProofError",
     "InvalidRequestError",
@@ -62,6 +63,7 @@ __all__ = (
     "OAuthError",
     "PayloadTooLargeError",
     "ReplayStoreUnavailableError",
+    "RequestTimeoutError",
     "RevocationDataStaleError",
     "RouteNotFoundError",
     "Scheme",
@@ -173,6 +175,13 @@ class IntrospectionUnavailableError(DependencyError):
     default_reason = "introspection_unavailable"
 
 
+class IntrospectionBusyError(IntrospectionUnavailableError):
+    """Shed before calling the AS: no slot free in time, the queue full, or the source's budget used."""
+
+    default_reason = "introspection_busy"
+    retry_after_s = 1
+
+
 class ReplayStoreUnavailableError(DependencyError):
     default_reason = "replay_store_unavailable"
 
@@ -236,6 +245,14 @@ class ExpectationFailedError(GatewayError):
 
     status = 417
     default_reason = "expectation_failed"
+
+
+class RequestTimeoutError(GatewayError):
+    """The client stopped sending its request body (RFC 9110 §15.5.9); the connection is closed."""
+
+    status = 408
+    default_reason = "body_timeout"
+    close_connection = True
 
 
 class PayloadTooLargeError(GatewayError):

@@ -9,11 +9,13 @@ forwardAuth endpoint, since nothing here knows about forwarding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .config import AuthPolicy, RouteConfig
 from .errors import OAuthError
 from .model import ALLOW_ANONYMOUS, AuthRequest, Binding, Credentials, Decision, VerifiedToken
+from .verify.admission import request_source
 
 __all__ = ("AuthPipeline", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
 
@@ -27,7 +29,7 @@ class CredentialExtractor(Protocol):
 class TokenVerifier(Protocol):
     """Step 3: is the token genuine and live? JWT (RFC 9068) or introspection (RFC 7662)."""
 
-    async def verify(self, token: str, policy: AuthPolicy) -> VerifiedToken: ...
+    async def verify(self, token: str, policy: AuthPolicy, *, source: str | None = None) -> VerifiedToken: ...
 
 
 class BindingChecker(Protocol):
@@ -54,7 +56,9 @@ class AuthPipeline:
         tokens: TokenVerifier,
         binder: BindingChecker,
         policy: PolicyChecker,
+        source: Callable[[AuthRequest], str | None] = request_source,
     ) -> None:
+        self._source = source
         self._extract = extract
         self._tokens = tokens
         self._binder = binder
@@ -66,7 +70,8 @@ class AuthPipeline:
             return ALLOW_ANONYMOUS
         creds = self._extract(req, policy)
         try:
-            token = await self._tokens.verify(creds.token, policy)
+            # source: the client an introspection call counts against (verify/admission.py).
+            token = await self._tokens.verify(creds.token, policy, source=self._source(req))
             binding = await self._binder.check(req, creds, token, policy)
             return self._policy(req, token, binding, policy)
         except OAuthError as exc:

@@ -44,6 +44,7 @@ from .config import GatewayConfig, load_config
 from .config.dpop import check_process
 from .config.risks import log_risks
 from .errors import ConfigError
+from .listener import ConnectionGuard, GuardedServer, GuardedSite
 from .observability.accesslog import AccessLog
 from .observability.health import RedisProbe, stage_ready
 from .observability.logsetup import configure_logging
@@ -52,7 +53,7 @@ from .observability.multiprocess import ENV_DIR, SharedMetrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
 from .tls.clientcerts import ClientCertificates
-from .wire import AdminRunner, GatewayWebServer
+from .wire import AdminRunner
 
 __all__ = ("GatewayServer", "run")
 
@@ -138,6 +139,7 @@ class GatewayServer:
         self._redis: RedisProbe | None = None
         self._shared: SharedMetrics | None = None
         self.client_certs: ClientCertificates | None = None
+        self.connections: ConnectionGuard | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[GatewayState] = set()
         self._reload_lock = asyncio.Lock()
@@ -163,15 +165,20 @@ class GatewayServer:
         if self.ssl_context is not None:
             count_handshake_failures(self.ssl_context, self.metrics.tls_handshake_failed)
         await self.handler.start()  # the state's stages: JWKS, Redis pool, ...
+        # Slow-client deadlines and the connection cap: gateway/listener.py.
+        limits = cfg.listen.limits
+        self.connections = ConnectionGuard(
+            limits, on_close=metrics.connection_closed, on_open_change=metrics.connections_open.set
+        )
         self._runner = web.ServerRunner(
-            GatewayWebServer(self.handler, on_malformed=metrics.malformed_request, access_log=None,
-                             max_field_size=16384),
+            GuardedServer(self.handler, guard=self.connections, on_malformed=metrics.malformed_request,
+                          access_log=None, max_field_size=16384),
             handle_signals=False, shutdown_timeout=cfg.lifecycle.shutdown_grace_s,
         )
         await self._runner.setup()
-        site = web.TCPSite(
+        site = GuardedSite(
             self._runner, cfg.listen.host, cfg.listen.port, ssl_context=self.ssl_context,
-            reuse_port=self.reuse_port or None, backlog=1024,
+            reuse_port=self.reuse_port or None, backlog=1024, handshake_timeout_s=limits.handshake_timeout_s,
         )
         await site.start()
         self.port = _bound_port(site)

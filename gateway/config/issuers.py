@@ -127,6 +127,28 @@ class IntrospectionConfig(Model):
     timeout_s: Seconds = 3.0
     # At most this many introspection calls in flight at once (protects the AS).
     max_concurrent_calls: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # Calls that may wait for one of those slots, and for how long; beyond either the request is
+    # refused at once with 503 + Retry-After (a slow AS must not make every request wait).
+    max_queued_calls: Annotated[int, Field(ge=0, le=100_000)] = 256
+    queue_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # Calls in flight or waiting on behalf of one source (client certificate, else client address,
+    # IPv6 by /64): one client flooding garbage tokens cannot take every slot.
+    max_concurrent_per_source: Annotated[int, Field(ge=1, le=10_000)] = 8
+    # Token scanning (INTR-11): once a source's tokens came back inactive this many times within
+    # inactive_window_s, its uncached tokens are refused (503) without asking the AS until the
+    # window ends. Valid and cached tokens never count; raise it for clients behind one NAT.
+    max_inactive_per_source: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    inactive_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Tokens outside these lengths are refused (401) without asking the AS. RFC 6749 §10.10 wants
+    # at least 128 bits of entropy: no genuine token is shorter than ~22 characters.
+    min_token_length: Annotated[int, Field(ge=1, le=1024)] = 16
+    max_token_length: Annotated[int, Field(ge=1, le=12_288)] = 8192
+
+    @model_validator(mode="after")
+    def _lengths(self) -> IntrospectionConfig:
+        if self.min_token_length > self.max_token_length:
+            raise ValueError("min_token_length must not exceed max_token_length")
+        return self
 
 
 class IssuerConfig(Model):

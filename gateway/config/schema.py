@@ -17,6 +17,7 @@ from .base import Cidr, FilePath, Model
 from .dpop import DpopConfig, check_workers
 from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
+from .listener import ListenerLimits
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
 from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority
@@ -79,6 +80,8 @@ class Listen(Model):
     # Host values accepted besides the external origins' (``name`` or ``name:port``); without an
     # external origin, the DPoP htu is built from a Host on this list.
     allowed_hosts: tuple[HostEntry, ...] = ()
+    # Slow-client deadlines and the connection cap (config/listener.py).
+    limits: ListenerLimits = ListenerLimits()
 
 
 class Admin(Model):

@@ -26,6 +26,8 @@ What other stages call (all cheap, none blocks):
                                         for settings that need a restart
 ``metrics.config_risks(pairs)``         the loaded config's risky settings, ``(id, level)``
 ``metrics.malformed_request(listener)`` a request aiohttp's parser refused (400, closed)
+``metrics.connection_closed(r)``        the listener closed a client connection (``listener.py``)
+``metrics.connections_open``            gauge: established client connections
 ======================================  ===============================================
 
 Stages that should not import this module take a small callback instead, e.g.
@@ -90,6 +92,9 @@ AUTH_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 UNMATCHED_ROUTE: Final = "_unmatched"
 NO_REASON: Final = "none"
 OTHER: Final = "other"
+
+# Why the listener closed a connection itself (gateway.listener).
+_CLOSE_REASONS: Final = ("header_timeout", "idle_evicted", "over_capacity", "send_timeout")
 
 _CODE = re.compile(r"^[a-z0-9_]{1,48}$")
 _ROUTE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -285,6 +290,19 @@ class Metrics:
             registry=r,
         )
 
+        self.connections_open = Gauge(
+            "gateway_connections_open", "Established client connections on the public listener.", registry=r
+        )
+        self.connections_closed = Counter(
+            "gateway_connections_closed_total",
+            "Client connections the gateway closed itself, by reason (header_timeout, idle_evicted, "
+            "over_capacity, send_timeout).",
+            ("reason",),
+            registry=r,
+        )
+        self._close_reasons = _LabelGuard(limit=8, preset=_CLOSE_REASONS)
+        for reason in _CLOSE_REASONS:
+            self.connections_closed.labels(reason)
         self._reasons = _LabelGuard(limit=128)
         self._issuers = _LabelGuard(limit=64, pattern=_ROUTE_ID, preset=issuers)
         self._tls_reasons = _LabelGuard(limit=32)
@@ -354,6 +372,9 @@ class Metrics:
 
     def malformed_request(self, listener: str) -> None:
         self.malformed_requests.labels("admin" if listener == "admin" else "public").inc()
+
+    def connection_closed(self, reason: str) -> None:
+        self.connections_closed.labels(self._close_reasons(reason)).inc()
 
     # -- exposition ---------------------------------------------------------------------------
 

@@ -7,19 +7,21 @@ received) are sent; upstream failures map to 502/504 without internal detail.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from ..config import UpstreamConfig
-from ..errors import ClientBodyError, GatewayError, PayloadTooLargeError
+from ..errors import ClientBodyError, GatewayError, PayloadTooLargeError, RequestTimeoutError
 from .headers import HeaderPolicy
 from .http1 import ConnectionPool, UpstreamResponse
 
-__all__ = ("Forwarder", "UpstreamClient")
+__all__ = ("BodyDeadlines", "Forwarder", "UpstreamClient")
 
 _CHUNK = 64 * 1024
 # Bodies up to this size (with a known length) are relayed in one piece: one read, one write, no
@@ -56,6 +58,18 @@ class UpstreamClient:
         await self.pool.close()
 
 
+@dataclass(frozen=True, slots=True)
+class BodyDeadlines:
+    """How long a request body may take: ``idle_s`` per read, and in all ``idle_s`` plus one
+    second per ``min_rate`` bytes (Apache mod_reqtimeout's MinRate): slow is fine, a drip is not."""
+
+    idle_s: float = 30.0
+    min_rate: int = 500
+
+    def total_s(self, size: int) -> float:
+        return self.idle_s + size / self.min_rate
+
+
 # What reading the client's body raises when it breaks off or does not parse.
 _BODY_ERRORS = (ConnectionError, HttpProcessingError)
 
@@ -64,52 +78,84 @@ def _too_large() -> PayloadTooLargeError:
     return PayloadTooLargeError("request body too large", reason="body_too_large")
 
 
-async def _first_piece(request: web.BaseRequest, limit: int) -> tuple[bytes, bool]:
+async def _read_small(request: web.BaseRequest, length: int, limits: BodyDeadlines) -> bytes:
+    # A small body of known length: one deadline for all of it.
+    try:
+        async with asyncio.timeout(limits.total_s(length)):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError("the request body did not arrive in time") from None
+    except _BODY_ERRORS:
+        raise ClientBodyError("request body incomplete or malformed") from None
+
+
+async def _chunks(request: web.BaseRequest, limits: BodyDeadlines) -> AsyncIterator[bytes]:
+    """The body as it arrives. A large upload may take long, but it may not stall, nor trickle,
+    while it holds an upstream connection; the timeout raised here aborts the upstream exchange
+    (ConnectionPool.request). A body that breaks off or does not parse is the client's fault."""
+    seen = 0
+    waited = 0.0  # time spent waiting for the client only (not for a slow upstream to take it)
+    content = request.content
+    loop = asyncio.get_running_loop()
+    while True:
+        remaining = limits.total_s(seen) - waited
+        t0 = loop.time()
+        try:
+            async with asyncio.timeout(max(0.0, min(limits.idle_s, remaining))):
+                chunk = await content.read(_CHUNK)
+        except TimeoutError:
+            raise RequestTimeoutError("the request body stopped arriving") from None
+        except _BODY_ERRORS:
+            raise ClientBodyError("request body incomplete or malformed") from None
+        waited += loop.time() - t0
+        if not chunk:
+            return
+        seen += len(chunk)
+        yield chunk
+
+
+async def _first_piece(chunks: AsyncIterator[bytes], limit: int) -> tuple[bytes, bool]:
     """Read an unknown-length body up to just past ``_BUFFER_LIMIT`` before the upstream is
     contacted: returns the bytes read and whether that was the whole body. A body over a small
     limit is thus refused with nothing sent upstream, and a small chunked body goes in one piece
     with a Content-Length."""
     parts: list[bytes] = []
     seen = 0
-    try:
-        while seen <= _BUFFER_LIMIT:
-            chunk = await request.content.readany()
-            if not chunk:
-                return b"".join(parts), True
-            seen += len(chunk)
-            if seen > limit:
-                raise _too_large()
-            parts.append(chunk)
-    except _BODY_ERRORS:
-        raise ClientBodyError("request body incomplete or malformed") from None
+    while seen <= _BUFFER_LIMIT:
+        chunk = await anext(chunks, b"")
+        if not chunk:
+            return b"".join(parts), True
+        seen += len(chunk)
+        if seen > limit:
+            raise _too_large()
+        parts.append(chunk)
     return b"".join(parts), False
 
 
-async def _limited(request: web.BaseRequest, limit: int, first: bytes = b"") -> AsyncIterator[bytes]:
+async def _limited(chunks: AsyncIterator[bytes], limit: int, first: bytes = b"") -> AsyncIterator[bytes]:
     """The rest of the body, counted against ``limit``. Crossing it raises before the piece that
     crosses is sent, so the upstream never receives a complete over-limit request."""
     seen = len(first)
     if first:
         yield first
-    try:
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            seen += len(chunk)
-            if seen > limit:
-                raise _too_large()
-            yield chunk
-    except _BODY_ERRORS:
-        raise ClientBodyError("request body incomplete or malformed") from None
-
-
-async def _read_body(request: web.BaseRequest) -> bytes:
-    try:
-        return await request.read()
-    except _BODY_ERRORS:
-        raise ClientBodyError("request body incomplete or malformed") from None
+    async for chunk in chunks:
+        seen += len(chunk)
+        if seen > limit:
+            raise _too_large()
+        yield chunk
 
 
 class Forwarder:
-    """Sends a request upstream and streams the answer back."""
+    """Sends a request upstream and streams the answer back.
+
+    ``body``: the deadlines of request bodies; ``body.idle_s`` is also the longest a response write
+    may wait for a client that does not read (``on_stall("send_timeout")`` counts those).
+    """
+
+    def __init__(self, *, body: BodyDeadlines | None = None, on_stall: Callable[[str], None] | None = None) -> None:
+        self._body = body or BodyDeadlines()
+        self._body_s = self._body.idle_s
+        self._on_stall = on_stall
 
     async def forward(
         self,
@@ -132,12 +178,13 @@ class Forwarder:
         body: AsyncIterator[bytes] | bytes | None = None
         if request.body_exists:
             if length is not None and length <= _BUFFER_LIMIT:
-                body = await _read_body(request)
+                body = await _read_small(request, length, self._body)
             elif length is None:
-                first, whole = await _first_piece(request, max_body_bytes)
-                body = first if whole else _limited(request, max_body_bytes, first)
+                chunks = _chunks(request, self._body)
+                first, whole = await _first_piece(chunks, max_body_bytes)
+                body = first if whole else _limited(chunks, max_body_bytes, first)
             else:
-                body = _limited(request, max_body_bytes)
+                body = _limited(_chunks(request, self._body), max_body_bytes)
         up = await upstream.pool.request(request.method, target or request.raw_path, headers, body, length=length)
         try:
             headers_out = header_policy.client_response_headers(up.headers)
@@ -153,9 +200,8 @@ class Forwarder:
         finally:
             up.release()
 
-    @staticmethod
     async def _relay(
-        request: web.BaseRequest, up: UpstreamResponse, headers: CIMultiDict[str]
+        self, request: web.BaseRequest, up: UpstreamResponse, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
         if up.content_length is None and request.method != "HEAD" and up.status not in (204, 304):
@@ -164,7 +210,16 @@ class Forwarder:
         if request.method != "HEAD":
             try:
                 async for chunk in up.iter_chunks():
-                    await resp.write(chunk)
+                    # The upstream's read timer pauses while our client is slow, so this deadline
+                    # is what stops a client that never reads from pinning the upstream connection.
+                    async with asyncio.timeout(self._body_s):
+                        await resp.write(chunk)
+            except TimeoutError:
+                if self._on_stall is not None:
+                    self._on_stall("send_timeout")
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
             except (GatewayError, ConnectionResetError):
                 # Headers are gone already: the only honest signal left is a broken connection.
                 if request.transport is not None:

@@ -208,7 +208,8 @@ class AccessTokenVerifier:
             rt.introspector.negative.clear()
         return await rt.jwks.refresh() if rt.jwks is not None else None
 
-    async def verify(self, token: str, policy: AuthPolicy) -> VerifiedToken:
+    async def verify(self, token: str, policy: AuthPolicy, *, source: str | None = None) -> VerifiedToken:
+        """``source``: who an introspection call counts against (``admission.request_source``)."""
         route = self._route(policy)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         entry = self.token_cache.get(digest)
@@ -247,13 +248,13 @@ class AccessTokenVerifier:
                     raise InvalidTokenError(
                         "the access token was not issued by an accepted issuer", reason="token_wrong_issuer"
                     )
-                return await self._introspect(token, digest, route.introspect_jwts)
+                return await self._introspect(token, digest, route.introspect_jwts, source)
         if not route.introspection:
             raise InvalidTokenError("the access token is not a JWT access token", reason="token_malformed")
-        return await self._introspect(token, digest, route.introspection)
+        return await self._introspect(token, digest, route.introspection, source)
 
     async def _introspect(
-        self, token: str, digest: bytes, issuers: tuple[IssuerRuntime, ...]
+        self, token: str, digest: bytes, issuers: tuple[IssuerRuntime, ...], source: str | None
     ) -> VerifiedToken:
         # An opaque token does not say who issued it: ask each introspection issuer in order.
         last: InvalidTokenError | DependencyError | None = None
@@ -261,7 +262,7 @@ class AccessTokenVerifier:
         for rt in issuers:
             assert rt.introspector is not None
             try:
-                result = await rt.introspector.introspect(token, digest)
+                result = await rt.introspector.introspect(token, digest, source=source)
             except DependencyError as exc:
                 unavailable = exc
             except InvalidTokenError as exc:

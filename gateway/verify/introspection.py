@@ -9,6 +9,10 @@
   call per token at a time (single flight).
 - AS unreachable, non-200, or not the expected media type / JSON: ``IntrospectionUnavailableError``
   (503, fail closed); nothing is cached, so cached answers keep serving within their TTL.
+- Bounded admission (``admission.py``): tokens of implausible length are refused without a call;
+  calls get a slot within ``queue_timeout_s`` among at most ``max_queued_calls`` waiters, and one
+  source holds at most ``max_concurrent_per_source`` calls, and a source whose tokens keep coming
+  back inactive is throttled (``max_inactive_per_source``); otherwise 503 + Retry-After at once.
 - RFC 9701 (``response: jwt``): a JWS with ``typ`` token-introspection+jwt signed by the issuer,
   ``iss`` = issuer, ``aud`` = our client_id, members under ``token_introspection``.
 """
@@ -32,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ..config.issuers import IssuerConfig
 from ..errors import GatewayError, IntrospectionUnavailableError, InvalidTokenError
 from ..model import VerifiedToken
+from .admission import CallGate, ScanGuard
 from .claims import to_verified_token
 from .fetch import Discovery, FetchError, IssuerHttp
 from .jose import loads_strict, looks_like_jws, parse_compact, verify_signature
@@ -81,7 +86,11 @@ class Introspector:
             maxsize=icfg.negative_cache_size, ttl=max(icfg.negative_cache_ttl_s, 1e-9), timer=clock
         )
         self._inflight: dict[bytes, asyncio.Task[VerifiedToken]] = {}
-        self._slots = asyncio.Semaphore(icfg.max_concurrent_calls)
+        self._gate = CallGate(
+            slots=icfg.max_concurrent_calls, max_queued=icfg.max_queued_calls,
+            queue_timeout_s=icfg.queue_timeout_s, per_source=icfg.max_concurrent_per_source,
+        )
+        self._scans = ScanGuard(limit=icfg.max_inactive_per_source, window_s=icfg.inactive_window_s, clock=clock)
         self._signing_key: Any = None
         auth = icfg.client_auth
         if auth.method == "private_key_jwt":
@@ -93,7 +102,12 @@ class Introspector:
     def _positive_until(self, _key: bytes, value: VerifiedToken, now: float) -> float:
         return min(now + self._icfg.cache_ttl_s, value.expires_at)
 
-    async def introspect(self, token: str, digest: bytes) -> VerifiedToken:
+    async def introspect(self, token: str, digest: bytes, *, source: str | None = None) -> VerifiedToken:
+        """``source``: who the call counts against (``admission.request_source``); None: nobody."""
+        icfg = self._icfg
+        if not icfg.min_token_length <= len(token) <= icfg.max_token_length:
+            # Cheaper than an AS call, and no genuine token looks like this (config: *_token_length).
+            raise InvalidTokenError("the access token is not valid", reason="token_malformed")
         hit = self.positive.get(digest)
         negative = hit is None and digest in self.negative
         if self._on_cache is not None:
@@ -104,28 +118,34 @@ class Introspector:
             raise InvalidTokenError("the access token is not active", reason="token_inactive")
         task = self._inflight.get(digest)
         if task is None:
+            # A new call counts against its source until it ends; joining one in flight is free.
+            self._scans.check(source)
+            self._gate.reserve(source)
             task = asyncio.create_task(self._introspect_and_cache(token, digest))
             self._inflight[digest] = task
-            task.add_done_callback(lambda t: self._finished(digest, t))
+            task.add_done_callback(lambda t: self._finished(digest, t, source))
         # Shielded: one waiter going away must not cancel the call the others wait on.
         return await asyncio.shield(task)
 
-    def _finished(self, digest: bytes, task: asyncio.Task[VerifiedToken]) -> None:
+    def _finished(self, digest: bytes, task: asyncio.Task[VerifiedToken], source: str | None) -> None:
         self._inflight.pop(digest, None)
-        if not task.cancelled():
-            task.exception()  # mark retrieved even if every waiter was cancelled
+        self._gate.unreserve(source)
+        if not task.cancelled() and isinstance(task.exception(), InvalidTokenError):
+            self._scans.inactive(source)  # task.exception() also marks it retrieved
 
     async def _introspect_and_cache(self, token: str, digest: bytes) -> VerifiedToken:
-        try:
-            result = await self._call(token)
-        except InvalidTokenError as exc:
-            self._event("inactive")
-            if self._icfg.negative_cache_ttl_s > 0:
-                self.negative[digest] = exc.reason
-            raise
-        except GatewayError:
-            self._event("error")
-            raise
+        # Shed here (IntrospectionBusyError) is not an AS outcome: outside the counted try.
+        async with self._gate.slot():
+            try:
+                result = await self._call(token)
+            except InvalidTokenError as exc:
+                self._event("inactive")
+                if self._icfg.negative_cache_ttl_s > 0:
+                    self.negative[digest] = exc.reason
+                raise
+            except GatewayError:
+                self._event("error")
+                raise
         self._event("active")
         if self._icfg.cache_ttl_s > 0 and result.expires_at > self._clock():
             self.positive[digest] = result
@@ -184,16 +204,15 @@ class Introspector:
         headers["Accept"] = _JWT_RESPONSE_TYPE if jwt_mode else "application/json"
         form["token"] = token
         form["token_type_hint"] = "access_token"  # noqa: S105 - a hint name, not a secret
-        async with self._slots:
-            self.call_count += 1
-            try:
-                status, ctype, body = await self._http.request(
-                    "POST", endpoint, headers=headers, data=form,
-                    max_bytes=_MAX_RESPONSE_BYTES, timeout_s=self._icfg.timeout_s,
-                )
-            except FetchError as exc:
-                log.warning("issuer %s: introspection failed: %s", self._cfg.name, exc)
-                raise _unavailable("introspection_unavailable") from None
+        self.call_count += 1
+        try:
+            status, ctype, body = await self._http.request(
+                "POST", endpoint, headers=headers, data=form,
+                max_bytes=_MAX_RESPONSE_BYTES, timeout_s=self._icfg.timeout_s,
+            )
+        except FetchError as exc:
+            log.warning("issuer %s: introspection failed: %s", self._cfg.name, exc)
+            raise _unavailable("introspection_unavailable") from None
         if status != 200:
             log.warning("issuer %s: introspection answered HTTP %d", self._cfg.name, status)
             raise _unavailable("introspection_http_error")

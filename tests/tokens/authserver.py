@@ -7,6 +7,7 @@ let tests observe fetches and simulate outages.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -83,6 +84,10 @@ class AuthServer:
     introspection_forms: list[dict[str, str]] = field(default_factory=list)
     introspection_urls: list[str] = field(default_factory=list)
     auth_failures: int = 0
+    # When not None, introspecting a token not in ``tokens`` (garbage) waits until it is set: a
+    # slow AS under a flood. ``held``: such calls waiting right now.
+    hold_unknown: asyncio.Event | None = None
+    held: int = 0
     # the time tokens are minted at (the tests' fake clock)
     clock: Callable[[], float] = time.time
 
@@ -171,6 +176,12 @@ class AuthServer:
         if not self._client_ok(request, form):
             self.auth_failures += 1
             return web.json_response({"error": "invalid_client"}, status=401)
+        if self.hold_unknown is not None and form.get("token", "") not in self.tokens:
+            self.held += 1
+            try:
+                await self.hold_unknown.wait()
+            finally:
+                self.held -= 1
         if self.introspection_mode == "error":
             return web.Response(status=500)
         if self.introspection_mode == "garbage":

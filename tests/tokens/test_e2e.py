@@ -85,15 +85,16 @@ async def test_mtls_bound_opaque_token_and_as_outage(gw: Any, auth_server: AuthS
     """Introspected, certificate-bound token; AS down: cached keeps working, uncached -> 503, not forwarded."""
     now = int(time.time())
     x5t = _x5t(pki.client_a.der)
-    for name in ("opaque-1", "opaque-2"):
+    first, second = "opaque-1-aaaaaaaaaaaaaaaaaaaa", "opaque-2-bbbbbbbbbbbbbbbbbbbb"
+    for name in (first, second):
         auth_server.tokens[name] = {"active": True, "aud": AUD, "scope": "accounts", "sub": "cust-9",
                                     "client_id": "tpp-1", "exp": now + 300, "cnf": {"x5t#S256": x5t}}
-    status, _ = await call(gw, pki, "GET", "/accounts", {"Authorization": "Bearer opaque-1"}, cert=True)
+    status, _ = await call(gw, pki, "GET", "/accounts", {"Authorization": f"Bearer {first}"}, cert=True)
     assert status == 200 and upstream.last.header("X-Auth-Cnf-Thumbprint") == x5t
     auth_server.introspection_mode = "error"
-    status, _ = await call(gw, pki, "GET", "/accounts", {"Authorization": "Bearer opaque-1"}, cert=True)
+    status, _ = await call(gw, pki, "GET", "/accounts", {"Authorization": f"Bearer {first}"}, cert=True)
     assert status == 200
-    status, headers = await call(gw, pki, "GET", "/accounts", {"Authorization": "Bearer opaque-2"}, cert=True)
+    status, headers = await call(gw, pki, "GET", "/accounts", {"Authorization": f"Bearer {second}"}, cert=True)
     assert status == 503 and headers.get("Retry-After") and len(upstream.requests) == 2
     assert auth_server.introspection_calls == 2
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as r:

@@ -107,7 +107,8 @@ async def test_single_flight(auth_server: AuthServer, icfg: Any, make_verifier: 
 
 async def test_single_flight_negative(auth_server: AuthServer, icfg: Any, make_verifier: Any) -> None:
     v = await make_verifier(icfg())
-    results = await asyncio.gather(*(v.verify("nope", policy()) for _ in range(100)), return_exceptions=True)
+    nope = "nope-nnnnnnnnnnnnnnnnnnnn"
+    results = await asyncio.gather(*(v.verify(nope, policy()) for _ in range(100)), return_exceptions=True)
     assert all(isinstance(r, InvalidTokenError) for r in results)
     assert auth_server.introspection_calls == 1
 
@@ -166,14 +167,14 @@ async def test_caching_disabled(auth_server: AuthServer, icfg: Any, make_verifie
 async def test_as_down_cached_works_uncached_fails_closed(auth_server: AuthServer, icfg: Any,
                                                           make_verifier: Any, clock: FakeClock) -> None:
     auth_server.tokens[OPAQUE] = active()
-    auth_server.tokens["other"] = active()
+    auth_server.tokens["other-tttttttttttttttttttt"] = active()
     v = await make_verifier(icfg())
     await v.verify(OPAQUE, policy())
     auth_server.introspection_mode = "error"
     clock.advance(30)
     assert (await v.verify(OPAQUE, policy())).subject == "cust-9"
     with pytest.raises(IntrospectionUnavailableError):
-        await v.verify("other", policy())
+        await v.verify("other-tttttttttttttttttttt", policy())
 
 
 async def test_as_unreachable(auth_server: AuthServer, icfg: Any, make_verifier: Any) -> None:
@@ -187,18 +188,18 @@ async def test_negative_cache(auth_server: AuthServer, icfg: Any, make_verifier:
     v = await make_verifier(icfg(negative_cache_ttl_s=5))
     for _ in range(3):
         with pytest.raises(InvalidTokenError):
-            await v.verify("unknown", policy())
+            await v.verify("unknown-uuuuuuuuuuuuuuuuuu", policy())
     assert auth_server.introspection_calls == 1
     clock.advance(6)
     with pytest.raises(InvalidTokenError):
-        await v.verify("unknown", policy())
+        await v.verify("unknown-uuuuuuuuuuuuuuuuuu", policy())
     assert auth_server.introspection_calls == 2
 
 
 async def test_memory_bounded(auth_server: AuthServer, icfg: Any, make_verifier: Any) -> None:
     """Distinct garbage tokens: the negative cache stays at its bound."""
     v: AccessTokenVerifier = await make_verifier(icfg(negative_cache_size=50, cache_size=50))
-    await asyncio.gather(*(v.verify(f"junk-{n}", policy()) for n in range(400)), return_exceptions=True)
+    await asyncio.gather(*(v.verify(f"junk-{n:020d}", policy()) for n in range(400)), return_exceptions=True)
     intro = v.issuers["bank-as"].introspector
     assert intro is not None
     assert len(intro.negative) == 50 and len(intro.positive) == 0 and not intro._inflight
@@ -275,7 +276,7 @@ async def test_signed_response_rfc9701(auth_server: AuthServer, icfg: Any, make_
     assert (await v.verify(OPAQUE, policy())).subject == "cust-9"
     auth_server.introspection_mode = "ok"
     with pytest.raises(IntrospectionUnavailableError):
-        await v.verify("second-token", policy())
+        await v.verify("second-token-ssssssssssssss", policy())
 
 
 async def test_untrusted_as_certificate(auth_server: AuthServer, icfg: Any, make_verifier: Any, pki: Any) -> None:
