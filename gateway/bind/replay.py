@@ -231,6 +231,10 @@ class RedisReplayStore:
                     await self._pipelined.ping()
                 else:
                     await self._client.ping()
+                # Establish the epoch now (SET NX): a fresh Redis's memory begins at the first
+                # gateway's start, not at the first proof it records, which would refuse every
+                # proof or nonce issued in between (by this replica or another).
+                await self.memory_began()
         except Exception as exc:  # start-up only: report and go on, requests fail closed meanwhile
             log.warning("DPoP replay store: Redis not reachable at start-up (%s)", type(exc).__name__)
 
