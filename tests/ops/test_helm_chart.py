@@ -333,3 +333,17 @@ def test_admin_port_is_for_probes_and_monitoring_only(sidecar_chart: Path) -> No
     assert sm["spec"]["selector"]["matchLabels"].items() <= metrics[0]["metadata"]["labels"].items()
     public = [d for d in by_kind(docs, "Service") if not d["metadata"]["name"].endswith("-metrics")]
     assert not sm["spec"]["selector"]["matchLabels"].items() <= public[0]["metadata"]["labels"].items()
+
+
+def test_admin_token_from_a_secret_enables_the_revocation_api() -> None:
+    """The kill switch (issue #13 finding 13) can be switched on through the chart: the token
+    comes from an existing Secret into the environment, the ConfigMap names the variable only;
+    without one the API stays off (no token in the config)."""
+    docs = render(CHART, {"adminToken": {"existingSecret": "gw-admin", "key": "t"}})
+    validate_all(docs)
+    c = gateway_container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    assert env_of(c)["GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "gw-admin", "key": "t"}
+    assert gateway_yaml(docs)["admin"] == {"host": "${POD_IP}", "port": 9090, "token": "${GATEWAY_ADMIN_TOKEN}"}
+    off = render(CHART)
+    assert "token" not in gateway_yaml(off)["admin"]
+    assert "GATEWAY_ADMIN_TOKEN" not in env_of(gateway_container(one(off, "Deployment")["spec"]["template"]["spec"]))

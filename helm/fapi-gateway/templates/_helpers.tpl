@@ -122,7 +122,12 @@ app.kubernetes.io/component: gateway
 {{- /* Probes come from the kubelet on the pod IP: the admin port listens there only (env POD_IP
        from the downward API), not on every interface, and no Service exposes it; the
        NetworkPolicy admits it from adminFrom only. */}}
-{{- $_ := set $cfg "admin" (dict "host" "${POD_IP}" "port" (int .Values.ports.admin)) }}
+{{- $admin := dict "host" "${POD_IP}" "port" (int .Values.ports.admin) }}
+{{- /* The revocation admin API (off without a token): the token comes from a Secret, never a value. */}}
+{{- if .Values.adminToken.existingSecret }}
+{{- $_ := set $admin "token" "${GATEWAY_ADMIN_TOKEN}" }}
+{{- end }}
+{{- $_ := set $cfg "admin" $admin }}
 {{- if eq .Values.mode "sidecar" }}
 {{- $ups := $cfg.upstreams | default dict }}
 {{- $_ := set $ups "app" (merge (dict "url" (printf "http://127.0.0.1:%d" (int .Values.sidecar.appPort))) ($ups.app | default dict)) }}
@@ -197,6 +202,13 @@ app.kubernetes.io/component: gateway
         secretKeyRef:
           name: {{ .Values.redis.passwordSecret.name }}
           key: {{ .Values.redis.passwordSecret.key }}
+    {{- end }}
+    {{- if .Values.adminToken.existingSecret }}
+    - name: GATEWAY_ADMIN_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.adminToken.existingSecret }}
+          key: {{ .Values.adminToken.key }}
     {{- end }}
     {{- if .Values.dpopNonce.enabled }}
     - name: GATEWAY_DPOP_NONCE_SECRET
