@@ -8,18 +8,25 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+
+class Closing(bytes):
+    """An answer after which the scripted upstream closes the connection."""
+
+
 Reply = Callable[[bytes, bytes, int], bytes | None]  # (head, body, n-th request on conn) -> answer
 
 
 class Scripted:
     """A raw HTTP/1.1 server: reads each request (head + body by Content-Length or chunked) and
-    writes whatever ``reply`` returns (``None``: close the connection without answering)."""
+    writes whatever ``reply`` returns (``None``: close the connection without answering; a
+    ``Closing`` answer: close it after writing)."""
 
     def __init__(self, reply: Reply, *, close_after: int | None = None) -> None:
         self.reply = reply
         self.close_after = close_after
         self.connections = 0
         self.requests: list[tuple[bytes, bytes]] = []
+        self.conn_of: list[int] = []  # for each request, the number of the connection it came on
         self.server: asyncio.Server | None = None
         self.url = ""
         self._writers: set[asyncio.StreamWriter] = set()
@@ -38,6 +45,7 @@ class Scripted:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        conn = self.connections
         self._writers.add(writer)
         n = 0
         try:
@@ -45,13 +53,14 @@ class Scripted:
                 head = await reader.readuntil(b"\r\n\r\n")
                 body = await _read_body(reader, head)
                 self.requests.append((head, body))
+                self.conn_of.append(conn)
                 answer = self.reply(head, body, n)
                 n += 1
                 if answer is None:
                     break
                 writer.write(answer)
                 await writer.drain()
-                if self.close_after is not None and n >= self.close_after:
+                if isinstance(answer, Closing) or (self.close_after is not None and n >= self.close_after):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
