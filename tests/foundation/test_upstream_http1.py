@@ -309,3 +309,25 @@ async def test_unexpected_bytes_on_an_idle_connection_discard_it() -> None:
     assert srv.connections == 2
 
 
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",  # bad chunk size
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",  # no CRLF after data
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",  # not only chunked
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nok",  # unknown coding
+    ],
+    ids=["bad-chunk-size", "chunk-no-crlf", "gzip-chunked", "xchunked"],
+)
+async def test_bad_framing_after_a_good_head_fails_the_request_itself(answer: bytes) -> None:
+    """Issue #14: the head parses but what follows it (in the same read) does not, or the coding is
+    not one we decode: ``request`` raises, so the forwarder answers 502 instead of relaying a head
+    and then cutting the connection (or relaying still-coded bytes)."""
+    async with Scripted(lambda h, b, n: answer) as srv:
+        p = pool(srv.url)
+        with pytest.raises(UpstreamUnavailableError):
+            r = await p.request("GET", "/", CIMultiDict())
+            r.release()
+        await p.close()
