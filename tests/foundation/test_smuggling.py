@@ -302,6 +302,12 @@ class Env:
     port: int
     pki: Pki
     up: Scripted
+    server: GatewayServer
+
+    def malformed(self) -> float:
+        value = self.server.metrics.registry.get_sample_value(
+            "gateway_http_malformed_requests_total", {"listener": "public"})
+        return value or 0.0
 
 
 @dataclass
@@ -409,7 +415,7 @@ async def env(pki: Pki) -> AsyncIterator[Env]:
         server = GatewayServer(cfg)
         await server.start()
         try:
-            yield Env(server.port, pki, up)
+            yield Env(server.port, pki, up, server)
         finally:
             await server.stop()
 
@@ -492,6 +498,15 @@ async def test_expect_continue_authorised_gets_100_then_forwards(env: Env) -> No
     finally:
         writer.close()
     assert _lines(env.up, seen)[:1] == list(U_POST)  # recorded before it answered
+
+
+@ON_MODULE_LOOP
+async def test_wire_refusals_are_counted_as_malformed(env: Env) -> None:
+    before = env.malformed()
+    for name in ("version-2.0", "te-http10"):
+        answers, closed = await exchange(env, CLIENT[name].raw, expect=1, until_closed=True)
+        assert closed and answers[0].body.startswith(b'{"error": "')
+    assert env.malformed() == before + 2
 
 
 # -- upstream -> gateway ------------------------------------------------------------------------------
