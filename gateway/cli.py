@@ -87,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in make_dev_certs(args.dir):
             print(path)
         return 0
+    if args.command in ("run", "demo"):
+        from .parsers import parser_problem
+
+        if (problem := parser_problem()) is not None:
+            print(f"gateway: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.command == "run":
         cfg = _load(args.config)
         if cfg is None:

@@ -40,7 +40,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .config.listener import ListenerLimits
-from .wire import GatewayRequestHandler, GatewayWebServer, OnMalformed
+from .wire import GatewayRequestHandler, GatewayWebServer, OnMalformed, refusal_response
 
 __all__ = ("ConnectionGuard", "GuardedRequestHandler", "GuardedServer", "GuardedSite")
 
@@ -265,7 +265,16 @@ class GuardedServer(GatewayWebServer):
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
         try:
-            resp = await self._inner(request)
+            refusal = getattr(request, "wire_refusal", None)
+            resp = refusal_response(refusal) if refusal is not None else await self._inner(request)
+            if resp.status >= 400 and request.body_exists and not request.content.is_eof() and not resp.prepared:
+                # Refused before the whole body arrived (e.g. a 401 to an Expect: 100-continue
+                # upload): say the connection closes (RFC 9110 §10.1.1, RFC 9112 §9.6), so a client
+                # that withholds the body does not send its next request into it. aiohttp still reads
+                # and discards what comes within its lingering time, so the answer is not lost to a
+                # reset, and those bytes are body, never a request. An upstream's early success keeps
+                # the connection: its body completes as usual (test_hop_limits).
+                resp.force_close()
             # Sent here rather than by aiohttp after we return, so that (a) the connection counts
             # as idle only once its answer is out, and (b) a client that stops reading is cut off.
             try:

@@ -52,6 +52,7 @@ from .observability.metrics import Metrics
 from .observability.multiprocess import ENV_DIR, SharedMetrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
+from .parsers import require_c_parsers
 from .tls.clientcerts import ClientCertificates
 from .wire import AdminRunner
 
@@ -148,6 +149,7 @@ class GatewayServer:
     # -- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        require_c_parsers()  # a laxer pure-Python HTTP parser would be a smuggling risk (parsers.py)
         cfg = self.cfg
         if self.access_log is None:
             self.access_log = AccessLog(cfg.observability.access_log)

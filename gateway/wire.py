@@ -9,6 +9,12 @@ ERROR with a traceback per request (a log flood anyone can cause), and, like eve
   ``x-fapi-interaction-id``, ``Connection: close``; one DEBUG line without the input; counted in
   ``gateway_http_malformed_requests_total{listener}``. A handler bug (500) is still logged with its
   traceback (through the redaction filter), but answered with a fixed body too.
+* HTTP versions (issue #14, request smuggling): llhttp accepts ``HTTP/0.9`` and ``HTTP/2.0`` in a
+  request line, and aiohttp would answer with that version in its status line. Only HTTP/1.0 and
+  HTTP/1.1 are served: anything else gets a ``505`` (status line ``HTTP/1.1``) and the connection
+  closes (RFC 9112 §2.3, RFC 9110 §15.6.6). An HTTP/1.0 request with ``Transfer-Encoding`` has
+  faulty framing (RFC 9112 §6.1: the sender may not have meant it): ``400``, connection closed,
+  before any of its body is read. Both are counted as malformed.
 * no ``Server`` header: aiohttp adds its banner when it prepares the headers and then runs the
   request's prepare hook (``on_response_prepare`` for an application), where it is removed. An
   upstream's own ``Server`` header, relayed by the proxy, is left to the header policy.
@@ -27,7 +33,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
@@ -35,7 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .proxy.headers import new_interaction_id
 
-__all__ = ("AdminRunner", "GatewayRequestHandler", "GatewayWebServer", "Listener")
+__all__ = ("AdminRunner", "GatewayRequestHandler", "GatewayWebServer", "Listener", "refusal_response")
 
 log = logging.getLogger("gateway.wire")
 
@@ -51,7 +57,9 @@ _BODIES: Final[dict[int, bytes]] = {
     400: _body("bad_request", "malformed HTTP request"),
     500: _body("internal", "internal error"),
     504: _body("timeout", "request handling timed out"),
+    505: _body("http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served"),
 }
+_VERSIONS: Final = frozenset((HttpVersion10, HttpVersion11))
 
 
 def _drop_banner(response: web.StreamResponse) -> None:
@@ -64,10 +72,26 @@ async def _drop_banner_signal(_request: web.Request, response: web.StreamRespons
 
 
 class _Request(web.BaseRequest):
-    """The public listener's request: its prepare hook runs after aiohttp set the banner."""
+    """The public listener's request: its prepare hook runs after aiohttp set the banner.
+    ``wire_refusal``: the status this request gets without being handled (version, framing)."""
+
+    ATTRS = web.BaseRequest.ATTRS | frozenset(["wire_refusal"])
+    wire_refusal: int | None = None
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         _drop_banner(response)
+
+
+def refusal_response(status: int) -> web.Response:
+    """The fixed answer to a request refused at the wire (400, 505): nothing of the input, and
+    the connection closes (its framing cannot be trusted)."""
+    resp = _ErrorResponse(
+        status=status, body=_BODIES[status], content_type="application/json",
+        headers={"x-fapi-interaction-id": new_interaction_id(), "Cache-Control": "no-store",
+                 "Connection": "close"},
+    )
+    resp.force_close()
+    return resp
 
 
 class _ErrorResponse(web.Response):
@@ -149,7 +173,20 @@ class GatewayWebServer(web.Server):
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
-        return _Request(message, payload, protocol, writer, task, self._loop)
+        refusal: int | None = None
+        if message.version not in _VERSIONS:
+            refusal = 505
+            # The answer's status line repeats the request's version: make it one we speak.
+            message = message._replace(version=HttpVersion11, should_close=True)
+        elif message.version == HttpVersion10 and hdrs.TRANSFER_ENCODING in message.headers:
+            refusal = 400
+        request = _Request(message, payload, protocol, writer, task, self._loop)
+        if refusal is not None:
+            request.wire_refusal = refusal
+            if self._on_malformed is not None:
+                self._on_malformed(self._listener)
+            log.debug("request refused at the wire on the %s listener: %d", self._listener, refusal)
+        return request
 
     def __call__(self) -> RequestHandler:
         return GatewayRequestHandler(self, loop=self._loop, listener=self._listener,

@@ -64,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
         self._chunked = False
+        self._codings: list[bytes] = []  # the response's transfer codings, in order
         self._header_bytes = 0
         self._informational = False
         self.keep_alive = False
@@ -136,6 +137,7 @@ class _Connection(asyncio.Protocol):
         self.reason = ""
         self.content_length = None
         self._chunked = False
+        self._codings = []
         self._header_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
@@ -149,8 +151,9 @@ class _Connection(asyncio.Protocol):
         low = key.lower()
         if low == "content-length":
             self.content_length = int(value)  # llhttp has validated it
-        elif low == "transfer-encoding" and b"chunked" in value.lower():
-            self._chunked = True
+        elif low == "transfer-encoding":
+            self._codings.extend(c.strip().lower() for c in value.split(b",") if c.strip())
+            self._chunked = b"chunked" in value.lower()
         self.headers.append((key, value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
@@ -161,6 +164,11 @@ class _Connection(asyncio.Protocol):
                 raise UpstreamUnavailableError("upstream switched protocols")
             self._informational = True  # 100 Continue, 103 Early Hints: not relayed
             return
+        if self._codings and self._codings != [b"chunked"]:
+            # Only chunked is decoded here: relaying gzip- (or x-)coded bytes with the
+            # Transfer-Encoding removed (it is hop-by-hop) would hand the client another body, and a
+            # coding llhttp does not know leaves the length to the end of the connection.
+            raise UpstreamUnavailableError("upstream used a transfer coding other than chunked")
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         self.headers_done = True
@@ -229,6 +237,10 @@ class _Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             await self._wait()
+        if self.error is not None:
+            # The head parsed but the bytes after it did not (a bad chunk size in the same read):
+            # a 502 now, rather than a relayed head and then a broken connection.
+            raise self.error
 
     async def read_chunk(self) -> bytes:
         """The next piece of the response body; ``b""`` at its end."""

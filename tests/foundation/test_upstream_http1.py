@@ -6,86 +6,14 @@ responses a strict proxy must refuse. Each test runs on the asyncio and the uvlo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from multidict import CIMultiDict
 
 from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from gateway.proxy.http1 import _HIGH_WATER, ConnectionPool
-
-Reply = Callable[[bytes, bytes, int], bytes | None]  # (head, body, n-th request on conn) -> answer
-
-
-class Scripted:
-    """A raw HTTP/1.1 server: reads each request (head + body by Content-Length or chunked) and
-    writes whatever ``reply`` returns (``None``: close the connection without answering)."""
-
-    def __init__(self, reply: Reply, *, close_after: int | None = None) -> None:
-        self.reply = reply
-        self.close_after = close_after
-        self.connections = 0
-        self.requests: list[tuple[bytes, bytes]] = []
-        self.server: asyncio.Server | None = None
-        self.url = ""
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> Scripted:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self._writers:
-            writer.close()
-        await asyncio.sleep(0.01)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.add(writer)
-        n = 0
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                body = await _read_body(reader, head)
-                self.requests.append((head, body))
-                answer = self.reply(head, body, n)
-                n += 1
-                if answer is None:
-                    break
-                writer.write(answer)
-                await writer.drain()
-                if self.close_after is not None and n >= self.close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-
-async def _read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
-    low = head.lower()
-    if b"transfer-encoding: chunked" in low:
-        out = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            data = await reader.readexactly(size + 2)
-            if size == 0:
-                return out
-            out += data[:-2]
-    for line in low.split(b"\r\n"):
-        if line.startswith(b"content-length:"):
-            return await reader.readexactly(int(line.split(b":")[1]))
-    return b""
-
-
-def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
+from tests.foundation.rawupstream import Scripted, ok
 
 
 def pool(url: str, **kw: float) -> ConnectionPool:
@@ -381,3 +309,25 @@ async def test_unexpected_bytes_on_an_idle_connection_discard_it() -> None:
     assert srv.connections == 2
 
 
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",  # bad chunk size
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",  # no CRLF after data
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",  # not only chunked
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nok",  # unknown coding
+    ],
+    ids=["bad-chunk-size", "chunk-no-crlf", "gzip-chunked", "xchunked"],
+)
+async def test_bad_framing_after_a_good_head_fails_the_request_itself(answer: bytes) -> None:
+    """Issue #14: the head parses but what follows it (in the same read) does not, or the coding is
+    not one we decode: ``request`` raises, so the forwarder answers 502 instead of relaying a head
+    and then cutting the connection (or relaying still-coded bytes)."""
+    async with Scripted(lambda h, b, n: answer) as srv:
+        p = pool(srv.url)
+        with pytest.raises(UpstreamUnavailableError):
+            r = await p.request("GET", "/", CIMultiDict())
+            r.release()
+        await p.close()
