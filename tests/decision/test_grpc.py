@@ -7,10 +7,14 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
-from google.rpc import code_pb2
+from envoy.service.auth.v3 import (  # type: ignore[import-untyped]
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
+from google.rpc import code_pb2  # type: ignore[import-untyped]
 
 from gateway.model import b64url
 from gateway.server import GatewayServer
@@ -38,7 +42,7 @@ def check_request(path: str, headers: list[tuple[str, str]], *, cert: bytes | No
     ctx = attribute_context_pb2.AttributeContext
     http = ctx.HttpRequest(method=method, scheme="https", host=ORIGIN_HOST, path=path)
     if raw:  # Envoy's encode_raw_headers: true
-        from envoy.config.core.v3 import base_pb2
+        from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped]
 
         http.header_map.headers.extend(base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers)
     else:
