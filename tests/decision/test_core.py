@@ -192,6 +192,20 @@ async def test_a_client_sent_certificate_header_is_not_believed(
     assert not v.allowed and v.status == 401
 
 
+async def test_dpop_nonce_challenge_and_retry(make_state: StateFactory, as_key: AsKey, k1: Signer) -> None:
+    """RFC 9449 §9: the denial carries DPoP-Nonce (for the proxy to relay); the retry with it passes."""
+    state = await make_state(dpop="nonce: {secrets: ['" + "n" * 40 + "']}", nonce=True)
+    token = as_key.token(jkt=k1.jkt)
+    first = await check(state, original(headers=dpop_headers(token, proof(k1, token, htu=ORIGIN + "/accounts"))))
+    assert not first.allowed and first.status == 401
+    assert 'error="use_dpop_nonce"' in (header(first, "WWW-Authenticate") or "")
+    nonce = header(first, "DPoP-Nonce")
+    assert nonce
+    again = await check(state, original(headers=dpop_headers(token, proof(k1, token, htu=ORIGIN + "/accounts",
+                                                                           nonce=nonce))))
+    assert again.allowed, (again.status, again.body)
+
+
 async def test_host_path_and_method_checks_are_the_proxys(state: GatewayState, as_key: AsKey, k1: Signer) -> None:
     token = as_key.token(jkt=k1.jkt)
     good = dpop_headers(token, proof(k1, token, htu=ORIGIN + "/accounts"))
