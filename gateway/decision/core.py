@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from aiohttp import web
+from cachetools import TTLCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..app import GatewayState, Progress, authorize, check_method, error_response, refusal_response
@@ -151,6 +152,10 @@ class _Certs:
                                                       trusted_cidrs=("0.0.0.0/0", "::/0"),
                                                       max_header_bytes=cfg.max_header_bytes))
         self.max_bytes = cfg.max_header_bytes
+        # The proxy parses a client certificate once per TLS connection; a front sends it with every
+        # check, so parses are kept (bounded, expiring: the per-request checks still run every time).
+        # None: known to be malformed.
+        self._parsed: TTLCache[str, CertFacts | None] = TTLCache(maxsize=4096, ttl=300)
 
     def facts(self, original: OriginalRequest) -> CertFacts | None:
         if self.source == "attribute":
@@ -158,16 +163,24 @@ class _Certs:
             if not value:
                 return None
             try:
-                if len(value) > self.max_bytes:
-                    raise ValueError("certificate too large")
-                ders = parse_url_pem(value)
-                return parse_cert_facts(ders[0], ca_depth=None, source="header")
-            except (ValueError, UnicodeError):
-                raise InvalidRequestError("malformed client certificate",
-                                          reason="client_cert_header_malformed") from None
+                facts = self._parsed[value]
+            except KeyError:
+                facts = self._parsed[value] = self._parse(value)
+            if facts is None:
+                raise InvalidRequestError("malformed client certificate", reason="client_cert_header_malformed")
+            return facts
         if self.header is not None:
             return self.header.certificate(original.headers)
         return None
+
+    def _parse(self, value: str) -> CertFacts | None:
+        if len(value) > self.max_bytes:
+            return None
+        try:
+            ders = parse_url_pem(value)
+            return parse_cert_facts(ders[0], ca_depth=None, source="header")
+        except (ValueError, UnicodeError):
+            return None
 
 
 _runtime: weakref.WeakKeyDictionary[GatewayState, dict[str, _Certs]] = weakref.WeakKeyDictionary()

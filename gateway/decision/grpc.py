@@ -114,6 +114,8 @@ class _Callers:
         self._x5ts = frozenset(i.x5t_s256 for i in cfg.trusted_identities if i.x5t_s256)
         self._subjects = frozenset(i.subject for i in cfg.trusted_identities if i.subject)
         self._last_log = 0.0
+        self._peers: dict[str, bool] = {}
+        self._identities: dict[bytes, bool] = {}
 
     def allowed(self, context: Any) -> bool:
         if not self._address_ok(context.peer()):
@@ -123,8 +125,16 @@ class _Callers:
         pems = context.auth_context().get("x509_pem_cert") or []
         if not pems:
             return False
+        hit = self._identities.get(pems[0])
+        if hit is None:
+            if len(self._identities) >= 1024:
+                self._identities.clear()
+            hit = self._identities[pems[0]] = self._identity_ok(pems[0])
+        return hit
+
+    def _identity_ok(self, pem: bytes) -> bool:
         try:
-            der = parse_pem_certs(pems[0].decode("ascii"))[0]
+            der = parse_pem_certs(pem.decode("ascii"))[0]
         except (ValueError, UnicodeError):
             return False
         if b64url(hashlib.sha256(der).digest()) in self._x5ts:
@@ -136,6 +146,15 @@ class _Callers:
         return facts.issuer != facts.subject and facts.subject in self._subjects
 
     def _address_ok(self, peer: str) -> bool:
+        # A proxy keeps a few long-lived HTTP/2 connections: one parse per connection (bounded).
+        hit = self._peers.get(peer)
+        if hit is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            hit = self._peers[peer] = self._parse_peer(peer)
+        return hit
+
+    def _parse_peer(self, peer: str) -> bool:
         # grpc peer strings: "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path".
         kind, _, rest = peer.partition(":")
         if kind == "ipv4":
