@@ -26,6 +26,7 @@ from string import Template
 from typing import Any
 
 from .material import make_material
+from .report import DECISION_HEADING, decision_section
 from .run import LOADGEN, OUT, SCENARIOS, build_loadgen, profile, run_phase
 from .servers import (
     BENCH,
@@ -61,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default="c16-hot,c64-hot")
     ap.add_argument("--profile", action="store_true", help="py-spy the deciding gateway (benchmarks/out/)")
     ap.add_argument("--profile-seconds", type=float, default=6.0)
+    ap.add_argument("--report-only", action="store_true", help="re-render from benchmarks/out/decision.json")
     args = ap.parse_args(argv)
+    if args.report_only:
+        data = json.loads((OUT / "decision.json").read_text())
+        saved = argparse.Namespace(**data["args"])
+        RESULT_MD.write_text(_render(data["rows"], saved, data["started"], data["ended"]))
+        _update_results()
+        return 0
     args.clients = 200  # hot mixes only: one token; the list just has to exist
     args.argv = "python -m benchmarks.decision " + " ".join(argv if argv is not None else sys.argv[1:])
     envoy = envoy_binary()
@@ -145,10 +153,33 @@ def _run(args: argparse.Namespace, envoy: str) -> int:
                     f"non-2xx {sum(v for k, v in res['status'].items() if not k.startswith('2'))}"), flush=True)
     if args.profile:
         profile(fronted, m, args)
-    (OUT / "decision.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1, default=str))
-    RESULT_MD.write_text(_render(rows, args, started, time.time()))
-    print(f"wrote {RESULT_MD.relative_to(ROOT)}")
+        # Kept apart from run.py's profiles (report.py lists out/profile-*.md as its own run's).
+        made = OUT / "profile-envoy-decision.md"
+        if made.exists():
+            made.replace(OUT / "decision-profile.md")
+    ended = time.time()
+    (OUT / "decision.json").write_text(json.dumps({"args": vars(args), "rows": rows, "started": started,
+                                                   "ended": ended}, indent=1, default=str))
+    RESULT_MD.write_text(_render(rows, args, started, ended))
+    _update_results()
+    print(f"wrote {RESULT_MD.relative_to(ROOT)} and its section in benchmarks/RESULTS.md")
     return 0
+
+
+def _update_results() -> None:
+    """Replace (or add) the decision section of RESULTS.md without re-running the main benchmark."""
+    results = BENCH / "RESULTS.md"
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
+    section = f"{DECISION_HEADING}\n\n{decision_section()}\n"
+    if DECISION_HEADING in text:
+        head, _, rest = text.partition(DECISION_HEADING)
+        nxt = rest.find("\n## ")
+        text = head + section + (rest[nxt:] if nxt >= 0 else "")
+    else:
+        marker = "\n## Profile\n"
+        at = text.find(marker)
+        text = text[:at] + "\n" + section + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + section
+    results.write_text(text)
 
 
 def _med(rows: list[dict[str, Any]], key: str) -> float:
@@ -165,9 +196,13 @@ def _render(rows: list[dict[str, Any]], args: argparse.Namespace, started: float
         "DPoP-bound token, nginx upstream; Envoy 1.40 with `--concurrency 1`.",
         "",
         "| scenario | setup | gateway CPU-µs/req (med) | Envoy CPU-µs/req (med) | gateway+Envoy CPU-µs/req | "
-        "req/s (med) | p50 ms | p99 ms | non-2xx | decision ÷ standalone gateway CPU (target ≤ 0.8) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "req/s (med) | p50 ms | p99 ms | non-2xx | other jobs, cores (med) | "
+        "decision ÷ standalone gateway CPU (target ≤ 0.8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for r in rows:
+        if r.get("elapsed_s"):
+            r["other_cores"] = r.get("other_cpu_s", 0.0) / r["elapsed_s"]
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         sa = [r for r in rows if r["scenario"] == scen and r["candidate"] == "gw-dpop"]
         de = [r for r in rows if r["scenario"] == scen and r["candidate"] == "envoy-decision"]
@@ -180,7 +215,11 @@ def _render(rows: list[dict[str, Any]], args: argparse.Namespace, started: float
             lines.append(
                 f"| {scen} | {label} | {gw_cpu:.0f} | {'-' if ecpu is None else f'{ecpu:.0f}'} | "
                 f"{gw_cpu + (ecpu or 0):.0f} | {_med(rs, 'rps'):,.0f} | {_med(rs, 'p50_ms'):.2f} | "
-                f"{_med(rs, 'p99_ms'):.2f} | {non2xx} | {f'{ratio:.2f}' if ecpu is not None else '-'} |")
+                f"{_med(rs, 'p99_ms'):.2f} | {non2xx} | {_med(rs, 'other_cores'):.2f} | "
+                f"{f'{ratio:.2f}' if ecpu is not None else '-'} |")
+    notes = BENCH / "decision-notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
