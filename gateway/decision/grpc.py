@@ -69,7 +69,7 @@ def original_request(req: Any, *, with_attribute_cert: bool) -> OriginalRequest:
     return OriginalRequest.build(
         "ext_authz_grpc",
         method=http.method,
-        scheme=http.scheme or "https",
+        scheme=http.scheme,  # always sent by Envoy; missing -> refused (400), never guessed
         authority=http.host,
         raw_path=http.path,
         headers=headers,

@@ -219,6 +219,7 @@ async def test_host_path_and_method_checks_are_the_proxys(state: GatewayState, a
     assert underscore.status == 400 and underscore.reason == "underscore_header_name"
     assert (await check(state, original("/open", method="TRACE"))).status == 405
     assert (await check(state, original("/open", scheme="ftp"))).status == 400
+    assert (await check(state, original("/open", scheme=""))).status == 400  # not guessed
     opened = await check(state, original("/open/x", [("Authorization", "Bearer x"), ("X-Auth-Subject", "a")]))
     assert opened.allowed and set(opened.upstream_remove) >= {"authorization", "x-auth-subject"}
     last_hop = await check(state, original("/open", [("Max-Forwards", "0")], method="OPTIONS"))
