@@ -236,7 +236,10 @@ class GrpcFront:
                 # gRPC sets SO_REUSEPORT by default: only worker processes of one gateway share the
                 # port (as the public listener does), never an unrelated process.
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-                ("grpc.max_concurrent_streams", min(g.max_concurrent, 1000)),
+                # Above max_concurrent: a check over the bound reaches the server and is shed at once
+                # (RESOURCE_EXHAUSTED: Envoy answers 503), instead of waiting in the caller's
+                # stream queue until its timeout (found by test_concurrent_checks_beyond_the_bound).
+                ("grpc.max_concurrent_streams", min(2 * g.max_concurrent + 100, 100_000)),
             ],
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(

@@ -226,6 +226,25 @@ async def test_host_path_and_method_checks_are_the_proxys(state: GatewayState, a
     assert not last_hop.allowed and last_hop.status == 204 and header(last_hop, "Allow")
 
 
+async def test_cors_preflight_is_answered_not_forwarded(pki: Pki, as_key: AsKey) -> None:
+    """The proxy answers a CORS preflight itself: so does a decision front (a denial-shaped 204)."""
+    text = decision_yaml(pki, as_key).replace(
+        "    auth: none\n", "    auth: none\n    cors: {allowed_origins: ['https://tpp.example']}\n", 1)
+    assert "cors:" in text
+    state = build_state(parse_config(text))
+    await state.start()
+    try:
+        pre = await check(state, original("/open/x", [("Origin", "https://tpp.example"),
+                                                      ("Access-Control-Request-Method", "GET")], method="OPTIONS"))
+        assert not pre.allowed and pre.status == 204
+        assert header(pre, "Access-Control-Allow-Origin") == "https://tpp.example"
+        other = await check(state, original("/open/x", [("Origin", "https://evil.example"),
+                                                        ("Access-Control-Request-Method", "GET")], method="OPTIONS"))
+        assert not other.allowed and other.status == 403
+    finally:
+        await state.close()
+
+
 async def test_dependency_down_is_a_503_denial_never_an_allow(
     make_state: StateFactory, as_key: AsKey, k1: Signer
 ) -> None:

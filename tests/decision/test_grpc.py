@@ -168,3 +168,37 @@ async def test_decision_http_is_refused_until_its_front_exists(pki: Pki, as_key:
     with pytest.raises(RuntimeError, match=r"decision\.http"):
         await server.start()
     await server.stop()
+
+
+async def test_concurrent_checks_beyond_the_bound_are_refused(
+    gateway: GatewayFactory, stub_for: Any, pki: Pki, as_key: AsKey
+) -> None:
+    """max_concurrent: 1 and a check held inside the pipeline: a second one is RESOURCE_EXHAUSTED
+    (Envoy then refuses its client), never queued without bound nor allowed."""
+    import asyncio
+
+    dec = "decision: {enabled: true, grpc: {port: 0, max_concurrent: 1}}"
+    gw = await gateway(decision_yaml(pki, as_key, decision=dec), raw=True)
+    stub = await stub_for(gw)
+    entered, release = asyncio.Event(), asyncio.Event()
+    state = gw.holder.current
+    real = state.pipeline.decide
+
+    async def held(*a: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await real(*a)
+
+    state.pipeline.decide = held  # type: ignore[method-assign]
+    token = as_key.token(jkt="x" * 43)
+    async def call_first() -> Any:
+        return await stub.Check(check_request("/accounts", [("authorization", f"DPoP {token}")]), timeout=10)
+
+    first = asyncio.create_task(call_first())
+    await asyncio.wait_for(entered.wait(), 10)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Check(check_request("/open/x", []), timeout=5)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    release.set()
+    answered = await first
+    assert answered.denied_response.status.code == 401  # it went on (no proof): refused, not allowed
