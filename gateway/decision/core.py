@@ -42,6 +42,7 @@ from ..observability.observer import CLIENT_CLOSED, Observer
 from ..proxy import interaction_id
 from ..proxy.headers import HOP_BY_HOP
 from ..tls.checks import CertFacts, parse_cert_facts
+from ..tls.clientcerts import CERT_HEADERS
 from ..tls.front_proxy import FrontProxy, parse_url_pem
 
 __all__ = ("Mode", "OriginalRequest", "Verdict", "check", "front_config")
@@ -285,6 +286,13 @@ async def _decide(state: GatewayState, original: OriginalRequest, p: Progress, f
     certs = _certs(state, original.mode)
     # Parsed before routing like the proxy's handshake certificate; checked with the route's 401/403.
     facts = certs.facts(original)
+    if certs.header is None:
+        # A certificate header the client sent is never read here (the front's attribute is), and
+        # is removed toward the upstream; counted as the proxy counts it from untrusted peers.
+        for name in CERT_HEADERS:
+            if name in original.headers:
+                state.metrics.front_proxy_cert_dropped(name)
+                break
     ok = await authorize(
         state, original, p, fapi_id, trusted=False, scheme=original.scheme, sni=original.sni,
         peer_cert=lambda authenticates: _peer_cert(state, facts, authenticates),

@@ -190,6 +190,8 @@ async def test_a_client_sent_certificate_header_is_not_believed(
     v = await check(state, original("/payments", [("authorization", f"Bearer {token}"),
                                                   ("x-forwarded-client-cert", xfcc)]))
     assert not v.allowed and v.status == 401
+    assert 'gateway_front_proxy_cert_headers_dropped_total{header="x-forwarded-client-cert"} 1.0' in \
+        state.metrics.render().decode()
 
 
 async def test_dpop_nonce_challenge_and_retry(make_state: StateFactory, as_key: AsKey, k1: Signer) -> None:
