@@ -34,7 +34,7 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -57,6 +57,9 @@ from .tls.clientcerts import ClientCertificates
 from .wire import AdminRunner
 
 __all__ = ("GatewayServer", "run")
+
+if TYPE_CHECKING:
+    from .decision.service import DecisionService
 
 log = logging.getLogger("gateway")
 
@@ -88,6 +91,7 @@ _RESTART_ONLY = (
     "client_certs.watch_interval_s", "client_certs.max_chain_depth", "client_certs.require_client_auth_usage",
     "client_certs.forward",
     "lifecycle.workers", "lifecycle.reload",
+    "decision.enabled", "decision.grpc", "decision.http", "decision.tls",
     "observability.metrics",
 )
 
@@ -134,6 +138,7 @@ class GatewayServer:
         self.access_log = access_log
         self.port = 0
         self.admin_port = 0
+        self.decision: DecisionService | None = None
         self.handler: GatewayHandler | None = None
         self._runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -209,6 +214,13 @@ class GatewayServer:
         if cfg.dpop.replay.backend == "redis":
             self._redis = RedisProbe(cfg.dpop.replay.redis)
             await self._redis.start()
+        if cfg.decision.enabled:  # ext_authz / auth_request / forwardAuth listeners (issue #15)
+            from .decision.service import DecisionService
+
+            self.decision = DecisionService(cfg.decision, self.holder, self.handler.observer,
+                                            reuse_port=bool(self.reuse_port))
+            await self.decision.start()
+            self.readiness.add_check("decision", self.decision.ready)
         self.readiness.listening = True
         if self.config_path is not None and cfg.lifecycle.reload.watch_file:
             self._spawn(self._watch_file(cfg.lifecycle.reload.poll_interval_s))
@@ -355,6 +367,9 @@ class GatewayServer:
         self.readiness.draining = True
         for task in list(self._background):
             task.cancel()
+        if self.decision is not None:
+            await self.decision.stop(self.cfg.lifecycle.shutdown_grace_s)
+            self.decision = None
         if self._runner is not None:
             # Closes the listening socket, then waits up to shutdown_grace_s for running handlers.
             await self._runner.cleanup()
