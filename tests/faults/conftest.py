@@ -18,7 +18,7 @@ __all__ = ("access_logged", "auth_server", "call", "clock", "metric", "reason_co
 
 
 async def call(gw: Any, pki: Pki, path: str, headers: dict[str, str] | None = None, *,
-               method: str = "GET", data: bytes | None = None, timeout_s: float = 30.0) -> tuple[int, Any, bytes]:
+               method: str = "GET", data: bytes | None = None, timeout_s: float = 10.0) -> tuple[int, Any, bytes]:
     """One request through the gateway over TLS: status, headers, body."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, s.request(
         method, f"https://localhost:{gw.port}{path}", ssl=pki.client_context(), headers=headers or {}, data=data
