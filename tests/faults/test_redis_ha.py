@@ -184,6 +184,8 @@ async def test_sentinel_switch_back_to_a_demoted_master_gets_a_new_epoch() -> No
         first.pause()  # alive but silent: after the failover it rejoins as a replica, same run_id
         await asyncio.to_thread(topo.wait_failover)
         first.resume()
+        # What the sentinels would do on their next INFO round (up to 10 s later): demote it.
+        assert redis_cmd(first.port, "REPLICAOF", "127.0.0.1", str(second.port)) == b"OK"
         await asyncio.to_thread(lambda: _wait_role(first.port, b"master_link_status:up", 20))
         assert (await eventually(lambda: check(binder, signer.proof(), signer.jkt))).type == "dpop"
         signed_on_second = signer.proof()  # may be used on `second` and lost with it
