@@ -69,11 +69,20 @@ def _redis_client(cfg: RedisReplayConfig) -> Any:
     from redis.asyncio.sentinel import Sentinel
 
     common: dict[str, Any] = {"socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s}
+    # The same credentials as the replay store (a password in the URL wins, as there).
+    if cfg.password is not None:
+        common["password"] = cfg.password.get_secret_value()
     if cfg.mode == "cluster":
         return RedisCluster.from_url(cfg.url, **common)
     if cfg.mode == "sentinel":
         hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-        return Sentinel(hosts, **common).master_for(cfg.service_name or "", max_connections=4)
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s,
+        }
+        if cfg.sentinel_password is not None:
+            sentinel_kwargs["password"] = cfg.sentinel_password.get_secret_value()
+        return Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **common).master_for(
+            cfg.service_name or "", max_connections=4)
     return Redis.from_url(cfg.url, max_connections=4, **common)
 
 

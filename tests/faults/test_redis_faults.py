@@ -32,7 +32,7 @@ from tests.tokens.authserver import AuthServer
 from tests.tokens.conftest import AUD
 
 from .conftest import metric, reason_count
-from .redis_topologies import Node, Standalone
+from .redis_topologies import Node, Standalone, redis_cmd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -279,3 +279,26 @@ async def test_denial_made_while_redis_down_is_written_once_it_is_back(
     assert await get(gw, pki, leaked) == 401
     later = await start_admin(gateway, pki, body)
     assert await get(later, pki, leaked) == 401
+
+
+async def test_deny_list_uses_the_redis_password_field(
+    gateway: GatewayFactory, pki: Pki, upstream: Upstream, auth_server: AuthServer,
+) -> None:
+    """``dpop.replay.redis.password`` (kept apart from the URL, from a Secret) authenticates the
+    deny-list client too, so a denial made on one replica reaches the others."""
+    topo = Standalone()
+    try:
+        node = topo.server
+        assert redis_cmd(node.port, "CONFIG", "SET", "requirepass", "s3cret-pw-42") == b"OK"
+        body = revocation_yaml(auth_server, pki, upstream, node).replace(
+            f"connect_timeout_s: {TIMEOUT_S}}}", f'connect_timeout_s: {TIMEOUT_S}, password: "s3cret-pw-42"}}')
+        assert "s3cret-pw-42" in body
+        a = await start_admin(gateway, pki, body)
+        b = await start_admin(gateway, pki, body)
+        leaked = auth_server.token("ec-1", jti="leaked-pw")
+        assert await get(b, pki, leaked) == 200
+        assert await deny(a, jti="leaked-pw") == 200  # stored in Redis, not only in A
+        await syncs(20)
+        assert await get(b, pki, leaked) == 401
+    finally:
+        topo.close()
