@@ -396,10 +396,12 @@ def _history(run_id: bytes, replid: bytes) -> bytes:
     failover or REPLICAOF NO ONE, starts a new replication history). run_id alone came back when a
     former primary that had been demoted without a restart was promoted again, with its old
     epoch key still in the data: the jtis it missed meanwhile were then not covered."""
-    for part in (run_id, replid):
-        if not (part and part.isalnum() and len(part) <= 64):
-            raise ReplayStoreUnavailableError("replay store unavailable: no run_id / master_replid in INFO")
-    return run_id + b":" + replid
+    if not (run_id and run_id.isalnum() and len(run_id) <= 64):
+        raise ReplayStoreUnavailableError("replay store unavailable: no run_id in INFO")
+    if replid and not (replid.isalnum() and len(replid) <= 64):
+        raise ReplayStoreUnavailableError("replay store unavailable: malformed master_replid in INFO")
+    # Redis < 4 has no replication id: its run_id alone, as before.
+    return run_id + b":" + replid if replid else run_id
 
 
 def _epoch_value(value: Any) -> float:
