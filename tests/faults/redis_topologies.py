@@ -9,8 +9,8 @@ Missing binaries -> ``pytest.skip`` naming the Debian package (never a silent pa
   (SIGSTOP/SIGCONT: a server that accepts connections and answers nothing), ``start`` again.
 * ``SentinelSet``: 1 master + 1 replica + 3 sentinels (quorum 2), short ``down-after`` and
   ``failover-timeout``: ``kill_master`` then ``wait_failover``.
-* ``Cluster``: 3 masters + 3 replicas made with ``redis-cli --cluster create``; ``kill_master_of``
-  a key then ``wait_ok`` (a replica is promoted after ``cluster-node-timeout``).
+* ``Cluster``: 3 masters + 3 replicas made with ``redis-cli --cluster create``; ``master_of(key).kill()``
+  then ``wait_failover`` (a replica is promoted after ``cluster-node-timeout``).
 """
 
 from __future__ import annotations
@@ -189,9 +189,19 @@ class Node:
 
 
 class _Topology:
-    def __init__(self) -> None:
+    """Subclasses build in ``_build``: a failure half-way kills what was started (no stray servers)."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="gw-faults-redis-"))
         self.nodes: list[Node] = []
+        try:
+            self._build(*args, **kw)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, *args: object, **kw: object) -> None:
+        raise NotImplementedError
 
     def node(self, **kw: object) -> Node:
         n = Node(self.root, **kw)  # type: ignore[arg-type]
@@ -212,8 +222,7 @@ class _Topology:
 
 
 class Standalone(_Topology):
-    def __init__(self) -> None:
-        super().__init__()
+    def _build(self) -> None:  # type: ignore[override]
         self.server = self.node().start()
 
 
@@ -223,7 +232,9 @@ class SentinelSet(_Topology):
     SERVICE = "mymaster"
 
     def __init__(self, *, down_after_ms: int = 400, failover_timeout_ms: int = 2000) -> None:
-        super().__init__()
+        super().__init__(down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
+
+    def _build(self, *, down_after_ms: int, failover_timeout_ms: int) -> None:  # type: ignore[override]
         need("redis-server", "redis-sentinel")
         self.master = self.node().start()
         self.replica = self.node(args=("--replicaof", "127.0.0.1", str(self.master.port))).start()
@@ -281,7 +292,9 @@ class Cluster(_Topology):
     """3 masters + 3 replicas (``cluster-replicas 1``), short node timeout so a failover is quick."""
 
     def __init__(self, *, replicas: bool = True, node_timeout_ms: int = 1000) -> None:
-        super().__init__()
+        super().__init__(replicas=replicas, node_timeout_ms=node_timeout_ms)
+
+    def _build(self, *, replicas: bool, node_timeout_ms: int) -> None:  # type: ignore[override]
         bins = need("redis-server", "redis-cli")
         args = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
                 "--cluster-config-file", "nodes.conf", "--cluster-require-full-coverage", "yes")
@@ -292,7 +305,6 @@ class Cluster(_Topology):
                   "--cluster-replicas", "1" if replicas else "0", "--cluster-yes"]
         out = subprocess.run(create, capture_output=True, timeout=60, check=False)
         if out.returncode != 0:
-            self.close()
             raise AssertionError(f"redis-cli --cluster create failed: {out.stdout[-2000:]!r} {out.stderr[-2000:]!r}")
         self.wait_ok()
         if replicas:
