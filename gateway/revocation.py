@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,11 +69,20 @@ def _redis_client(cfg: RedisReplayConfig) -> Any:
     from redis.asyncio.sentinel import Sentinel
 
     common: dict[str, Any] = {"socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s}
+    # The same credentials as the replay store (a password in the URL wins, as there).
+    if cfg.password is not None:
+        common["password"] = cfg.password.get_secret_value()
     if cfg.mode == "cluster":
         return RedisCluster.from_url(cfg.url, **common)
     if cfg.mode == "sentinel":
         hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-        return Sentinel(hosts, **common).master_for(cfg.service_name or "", max_connections=4)
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s,
+        }
+        if cfg.sentinel_password is not None:
+            sentinel_kwargs["password"] = cfg.sentinel_password.get_secret_value()
+        return Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **common).master_for(
+            cfg.service_name or "", max_connections=4)
     return Redis.from_url(cfg.url, max_connections=4, **common)
 
 
@@ -103,6 +113,7 @@ class Revocation:
         prefix = self._cfg.redis_key_prefix
         self._k_kids, self._k_jtis = f"{prefix}kids", f"{prefix}jtis"
         self._k_flush, self._k_version = f"{prefix}flush", f"{prefix}version"
+        self._k_generation = f"{prefix}generation"
 
     @property
     def max_jti_ttl_s(self) -> float:
@@ -136,12 +147,23 @@ class Revocation:
         return asyncio.timeout(self._redis_cfg.connect_timeout_s + self._redis_cfg.timeout_s + 0.5)
 
     async def _sync(self) -> None:
-        """Reload the shared denials if another process changed them (a failure keeps the last copy)."""
+        """Reload the shared denials if another process changed them (a failure keeps the last copy).
+
+        Redis may lose the list (restarted without persistence, flushed, failed over to a replica
+        that lagged): its ``generation`` key (a random value set by the first writer) is then gone
+        or new. A denial is a kill switch, so losing it must not quietly re-allow tokens: this
+        process keeps what it knew, merges it with what Redis has and writes it back. Likewise
+        the denials Redis did not take while it was down are written once it answers again.
+        """
         initial = not self._synced
+        shared = self.denylist.shared
         try:
             async with self._timeout():
                 version = await self._redis.get(self._k_version)
-                if version == self._seen_version and not initial:
+                generation = await self._redis.get(self._k_generation)
+                lost = shared.store_generation is not None and generation != shared.store_generation
+                pending = bool(shared.unpublished.kids or shared.unpublished.jtis)
+                if version == self._seen_version and not initial and not lost and not pending:
                     return
                 kids = await self._redis.hgetall(self._k_kids)
                 jtis = await self._redis.hgetall(self._k_jtis)
@@ -150,8 +172,6 @@ class Revocation:
             log.warning("revocation: cannot read the shared deny list from Redis (%s); keeping the last copy",
                         type(exc).__name__)
             return
-        self._seen_version = version
-        self._synced = True
         now = self._clock()
         kid_set = {k for k in (_split(f) for f in kids) if k is not None}
         jti_map: dict[tuple[str, str], float | None] = {}
@@ -160,8 +180,27 @@ class Revocation:
             with contextlib.suppress(ValueError):
                 if key is not None and float(until) > now:
                     jti_map[key] = float(until)
-        shared = self.denylist.shared
-        shared.replace(Denials(frozenset(kid_set), jti_map))
+        # What Redis lacks and must get (again): everything we knew if it lost the list, else
+        # the denials it refused earlier.
+        keep = shared.current if lost else shared.unpublished
+        missing_kids = keep.kids - kid_set
+        missing_jtis = {k: u for k, u in keep.jtis.items() if k not in jti_map and (u is None or u > now)}
+        if lost:
+            log.warning("revocation: Redis lost the shared deny list (restart, flush or failover); "
+                        "writing back the %d denials this process knows", len(missing_kids) + len(missing_jtis))
+        if missing_kids or missing_jtis or generation is None:
+            try:
+                generation = await self._republish(missing_kids, missing_jtis, now)
+            except Exception as exc:
+                log.warning("revocation: cannot write the deny list back to Redis (%s); keeping the last copy",
+                            type(exc).__name__)
+                return
+            version = None  # read again next time: our write moved it
+        shared.unpublished = Denials()
+        shared.store_generation = generation
+        self._seen_version = version
+        self._synced = True
+        shared.replace(Denials(frozenset(kid_set | missing_kids), {**jti_map, **missing_jtis}))
         for raw, count in flush.items():
             issuer = raw.decode("utf-8", "replace")
             try:
@@ -174,6 +213,26 @@ class Revocation:
             if not initial and (previous is None or n > previous) and issuer in self.tokens.issuers:
                 log.info("revocation: issuer %s flushed by another process", issuer)
                 await self.tokens.flush(issuer)
+
+    async def _republish(self, kids: frozenset[tuple[str, str]] | set[tuple[str, str]],
+                         jtis: dict[tuple[str, str], float | None], now: float) -> bytes:
+        """Write denials Redis lacks; the generation (made here if there is none yet)."""
+        async with self._timeout():
+            for issuer, kid in kids:
+                await self._redis.hset(self._k_kids, _field(issuer, kid), repr(now))
+            for (issuer, jti), until in jtis.items():
+                # A config-less runtime jti always has an expiry; None stays as long as allowed.
+                until_ = until if until is not None else now + self._cfg.max_jti_ttl_s
+                await self._redis.hset(self._k_jtis, _field(issuer, jti), repr(until_))
+            generation = await self._generation()
+            if kids or jtis:
+                await self._redis.incr(self._k_version)
+        return generation
+
+    async def _generation(self) -> bytes:
+        await self._redis.set(self._k_generation, secrets.token_hex(16), nx=True)
+        value: bytes = await self._redis.get(self._k_generation)
+        return value
 
     # -- operations (the admin API) -----------------------------------------------------------
 
@@ -232,14 +291,29 @@ class Revocation:
             else:
                 await self._redis.hset(self._k_jtis, _field(issuer, value), repr(detail["until"]))
             await self._redis.incr(self._k_version)
+            shared.store_generation = shared.store_generation or await self._generation()
+
+        def unpublished() -> None:
+            # Redis failed: this process enforces it at once all the same, and the sync loop
+            # writes it to Redis when it answers again (a lost retry must not lose the denial).
+            shared.replace(updated)
+            pending = shared.unpublished
+            if kind == "kid":
+                shared.unpublished = Denials(pending.kids | {key}, pending.jtis)
+            else:
+                shared.unpublished = Denials(pending.kids, {**pending.jtis, key: detail["until"]})
 
         try:
             await self._publish(make_room)
         except RevocationStoreError:
-            shared.replace(updated)  # Redis failed: this process enforces it at once all the same
+            unpublished()
             raise
         shared.replace(updated)
-        await self._publish(publish)
+        try:
+            await self._publish(publish)
+        except RevocationStoreError:
+            unpublished()
+            raise
         return Outcome(self.store, detail)
 
     async def allow(self, issuer: str, kind: Kind, value: str) -> Outcome:

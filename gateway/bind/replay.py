@@ -13,11 +13,14 @@ A store that loses its memory (a Redis restarted empty or flushed, a failover to
 lagged, a restarted gateway process with the memory store) would call a replayed proof "first
 use". So each store also says since when it has remembered every key: ``memory_began()``, its
 epoch (Unix seconds), and the DPoP verifier refuses proofs issued before it. The memory store's
-epoch is its creation. Redis keeps one epoch key per server run (``<key_prefix>epoch:<run_id>``,
-``SET NX`` by whichever gateway reads it first, no TTL): a restart or failover brings a new
-``run_id`` and so a new epoch, and a flush deletes the key. Standalone Redis: the epoch is
-re-read on every new connection (a restart or failover always closes it) and at least every
-second (a flush keeps it); cluster and sentinel: at least every second.
+epoch is its creation. Redis keeps one epoch key per unbroken memory of the primary
+(``<key_prefix>epoch:<run_id>:<master_replid>``, ``SET NX`` by whichever gateway reads it first,
+no TTL): a restart brings a new ``run_id``, a promotion (failover) a new ``master_replid``, and so
+a new epoch; a flush deletes the key. Standalone Redis: the epoch is re-read on every new
+connection (a restart or failover always closes it) and at least every second (a flush keeps
+it); cluster and sentinel: at least every second, so their failure detection
+(``down-after-milliseconds``, ``cluster-node-timeout``) must be longer than that second. A
+cluster's epoch follows every primary's (a failover of any shard gives a new epoch).
 """
 
 from __future__ import annotations
@@ -333,16 +336,19 @@ class RedisReplayStore:
         self._epoch_until = time.monotonic() + self._EPOCH_RECHECK_S
         return epoch
 
-    def _epoch_commands(self, run_id: bytes) -> tuple[bytes, bytes]:
-        key = self._prefix + b"epoch:" + run_id
+    def _epoch_commands(self, history: bytes) -> tuple[bytes, bytes]:
+        key = self._prefix + b"epoch:" + history
         return key, str(int(self._clock())).encode()
 
     async def _read_epoch_pipelined(self, pipelined: PipelinedRedis) -> tuple[float, int]:
         # INFO, then SET NX + GET, all on one connection: one server run (a restart or failover
         # in between closes the connection, and then we try again).
         for _ in range(3):
-            (info,), first = await pipelined.execute_together(pack_command(b"INFO", b"server"))
-            key, now = self._epoch_commands(_run_id(info))
+            (server, replication), first = await pipelined.execute_together(
+                pack_command(b"INFO", b"server"), pack_command(b"INFO", b"replication")
+            )
+            history = _history(_info_field(server, b"run_id"), _info_field(replication, b"master_replid"))
+            key, now = self._epoch_commands(history)
             (_, value), second = await pipelined.execute_together(
                 pack_command(b"SET", key, now, b"NX"), pack_command(b"GET", key)
             )
@@ -351,29 +357,55 @@ class RedisReplayStore:
         raise ReplayStoreUnavailableError("replay store unavailable: Redis keeps reconnecting")
 
     async def _read_epoch_redis_py(self) -> float:
-        info: Any = await self._client.info("server")
-        # Cluster: one answer per node; any primary's new run loses that shard's keys.
-        if isinstance(info, dict) and "run_id" not in info:
-            ids = sorted(str(v["run_id"]) for v in info.values() if isinstance(v, dict) and "run_id" in v)
+        kw: dict[str, Any] = {}
+        if self._cfg.mode == "cluster":
+            # Every primary, named explicitly: redis-py sends a bare INFO to one default node, and
+            # then a failover of any other shard (the one that lost the jtis) left the epoch as it was.
+            from redis.asyncio import RedisCluster
+
+            kw["target_nodes"] = RedisCluster.PRIMARIES
+        server: Any = await self._client.info("server", **kw)
+        replication: Any = await self._client.info("replication", **kw)
+        # Cluster: one answer per primary (a dict of dicts); any primary's new history loses
+        # that shard's keys, so the epoch follows the set of them.
+        if isinstance(server, dict) and "run_id" not in server:
+            pairs = sorted(
+                (str(v.get("run_id", "")), str(replication.get(node, {}).get("master_replid", "")))
+                for node, v in server.items() if isinstance(v, dict)
+            )
         else:
-            ids = [str(info["run_id"])]
-        if not ids:
+            pairs = [(str(server.get("run_id", "")), str(replication.get("master_replid", "")))]
+        histories = [_history(r.encode(), m.encode()) for r, m in pairs]
+        if not histories:
             raise ReplayStoreUnavailableError("replay store unavailable: no run_id in INFO")
-        run_id = hashlib.sha256(",".join(ids).encode()).hexdigest()[:40].encode()
-        key, now = self._epoch_commands(run_id)
+        history = histories[0] if len(histories) == 1 else hashlib.sha256(b",".join(histories)).hexdigest().encode()
+        key, now = self._epoch_commands(history)
         await self._client.set(key, now, nx=True)
         return _epoch_value(await self._client.get(key))
 
 
-def _run_id(info: Any) -> bytes:
-    """``run_id`` from an ``INFO server`` reply: 40 hex characters, new for every server start."""
+def _info_field(info: Any, name: bytes) -> bytes:
+    """One field of a raw ``INFO`` reply (b"" when absent)."""
     if isinstance(info, bytes):
+        prefix = name + b":"
         for line in info.splitlines():
-            if line.startswith(b"run_id:"):
-                run_id = line[7:].strip()
-                if run_id and run_id.isalnum() and len(run_id) <= 64:
-                    return run_id
-    raise ReplayStoreUnavailableError("replay store unavailable: no run_id in INFO")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+    return b""
+
+
+def _history(run_id: bytes, replid: bytes) -> bytes:
+    """What names one unbroken memory of a Redis primary: its ``run_id`` (new at every start) and
+    its ``master_replid`` (new at every promotion: a replica made primary, by Sentinel, a cluster
+    failover or REPLICAOF NO ONE, starts a new replication history). run_id alone came back when a
+    former primary that had been demoted without a restart was promoted again, with its old
+    epoch key still in the data: the jtis it missed meanwhile were then not covered."""
+    if not (run_id and run_id.isalnum() and len(run_id) <= 64):
+        raise ReplayStoreUnavailableError("replay store unavailable: no run_id in INFO")
+    if replid and not (replid.isalnum() and len(replid) <= 64):
+        raise ReplayStoreUnavailableError("replay store unavailable: malformed master_replid in INFO")
+    # Redis < 4 has no replication id: its run_id alone, as before.
+    return run_id + b":" + replid if replid else run_id
 
 
 def _epoch_value(value: Any) -> float:

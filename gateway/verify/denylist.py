@@ -44,6 +44,11 @@ class SharedDenials:
     def __init__(self) -> None:
         self.current = Denials()
         self.version = 0  # moves when the denied kids change
+        # Kept here, not in gateway.revocation, so that they outlive config reloads too:
+        # the Redis generation last seen (a new one: Redis lost the shared list) and the denials
+        # this process made that Redis did not take (published again once it is back).
+        self.store_generation: bytes | None = None
+        self.unpublished = Denials()
 
     def replace(self, denials: Denials) -> None:
         if denials.kids != self.current.kids:

@@ -65,7 +65,9 @@ class IssuerHttp:
         timeout_s: float | None = None,
     ) -> tuple[int, str, bytes]:
         """Status, media type and body (at most ``max_bytes``), or ``FetchError``."""
-        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
+        # Always an explicit bound: aiohttp reads ``timeout=None`` as "no timeout at all" (not as
+        # the session's), which left JWKS and metadata fetches unbounded against a hung AS.
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self._cfg.http_timeout_s)
         try:
             async with self._client().request(
                 method, url, headers=dict(headers), data=data, allow_redirects=False, timeout=timeout

@@ -219,6 +219,10 @@ class Introspector:
         response = await self._decode(ctype, body) if jwt_mode else self._decode_json(ctype, body)
         # RFC 7662 §2.2: active is a JSON boolean; "true", 1 or a missing member are not true.
         if response.get("active") is not True:
+            if not isinstance(response.get("active"), bool):
+                # An AS bug that makes every token inactive: worth an operator's attention.
+                log.warning("issuer %s: introspection answered without a JSON boolean active member; "
+                            "the token is taken as inactive", self._cfg.name)
             raise InvalidTokenError("the access token is not active", reason="token_inactive")
         now = self._clock()
         token_type = response.get("token_type")
@@ -242,13 +246,18 @@ class Introspector:
         )
 
     def _decode_json(self, ctype: str, body: bytes) -> Mapping[str, Any]:
+        # Logged like every other AS failure (media type and size only: the body may echo the token).
         if ctype != "application/json":
+            log.warning("issuer %s: introspection answered %r, not application/json", self._cfg.name, ctype[:64])
             raise _unavailable("introspection_bad_response")
         try:
             doc = loads_strict(body)
         except (ValueError, UnicodeError):
+            log.warning("issuer %s: introspection answered a body that is not JSON (%d bytes)",
+                        self._cfg.name, len(body))
             raise _unavailable("introspection_bad_response") from None
         if not isinstance(doc, dict):
+            log.warning("issuer %s: introspection answered JSON that is not an object", self._cfg.name)
             raise _unavailable("introspection_bad_response")
         return doc
 

@@ -285,7 +285,8 @@ async def test_denial_reaches_every_replica_through_redis(
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(redis_url)
-    await client.delete(*[f"{redis_key_prefix}revocation:{k}" for k in ("kids", "jtis", "flush", "version")])
+    await client.delete(*[f"{redis_key_prefix}revocation:{k}"
+                          for k in ("kids", "jtis", "flush", "version", "generation")])
     await client.aclose()
 
 
