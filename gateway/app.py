@@ -14,14 +14,15 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Protocol, cast
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from .canonical import canonical_target
+from .canonical import Target, canonical_target
 from .challenge import ChallengeSettings, nonce_header, render_challenges
 from .config import AuthPolicy, GatewayConfig
 from .errors import (
@@ -33,10 +34,10 @@ from .errors import (
     OAuthError,
     Scheme,
 )
-from .model import AuthRequest, Decision
+from .model import AuthRequest, Decision, PeerCertificate
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, Observer
-from .origin import HostPolicy
+from .origin import HostPolicy, PublicRequest
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
@@ -47,7 +48,21 @@ from .routing import Route, Router
 from .tls.clientcerts import ClientCertificates
 from .tls.names import server_names
 
-__all__ = ("GatewayHandler", "GatewayState", "StateHolder", "build_handler", "build_pipeline", "build_state")
+__all__ = (
+    "Authorized",
+    "GatewayHandler",
+    "GatewayState",
+    "Progress",
+    "RequestView",
+    "StateHolder",
+    "authorize",
+    "build_handler",
+    "build_pipeline",
+    "build_state",
+    "check_method",
+    "error_response",
+    "refusal_response",
+)
 
 log = logging.getLogger("gateway")
 
@@ -264,6 +279,117 @@ def _with_cert_header(
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
+class RequestView(Protocol):
+    """What the auth decision reads of a request: an aiohttp request on the public listener, or a
+    decision front's ``gateway.decision.core.OriginalRequest`` (no transport of ours)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+
+
+class Progress:
+    """What is learnt on the way to a decision; the caller's ``finally`` reads it (metrics, log)."""
+
+    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "route_id", "rt", "t_auth")
+
+    def __init__(self) -> None:
+        self.route_id: str | None = None
+        self.rt: RouteRuntime | None = None
+        self.challenge = _NO_CHALLENGE
+        self.cors_origin: str | None = None
+        self.t_auth: float | None = None
+        self.auth_s: float | None = None
+        self.decision: Decision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    """``authorize`` allowed the request: what forwarding it needs."""
+
+    rt: RouteRuntime
+    public: PublicRequest
+    target: Target
+    auth_req: AuthRequest
+    decision: Decision
+
+
+# The client certificate of a request, given whether its route authenticates (401 vs 403).
+PeerCertSource = Callable[[bool], PeerCertificate | None]
+
+
+def check_method(method: str) -> None:
+    if method not in _METHODS:
+        raise MethodNotAllowedError("method not allowed", reason="method_not_allowed")
+
+
+async def authorize(
+    state: GatewayState,
+    request: RequestView,
+    p: Progress,
+    fapi_id: str,
+    *,
+    trusted: bool,
+    peer_cert: PeerCertSource | None = None,
+    scheme: str | None = None,
+    sni: str | None = None,
+) -> Authorized | web.Response:
+    """Everything up to and including ``AuthPipeline.decide``, for the proxy and every decision
+    front alike (issue #15: one implementation of each check). Returns the allowed request, or a
+    response the gateway answers itself (OPTIONS with Max-Forwards: 0, a CORS preflight); raises
+    ``GatewayError`` for a refusal. ``peer_cert``: None for the public listener (our handshake or
+    the trusted front proxy); ``scheme``/``sni``: how the request reached a decision front's caller.
+    """
+    # Validated once; routing, htu and X-Forwarded-Host/Forwarded use only this (issue #13).
+    public = state.hosts.check(request, trusted=trusted, scheme=scheme, sni=sni)
+    if request.method == "OPTIONS" and request.headers.get("Max-Forwards") == "0":
+        # RFC 9110 §7.6.2: the last hop answers itself.
+        return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
+                                                 "x-fapi-interaction-id": fapi_id})
+    # The one canonical target: routed on, compared with htu and forwarded (issue #13).
+    target = canonical_target(request.raw_path, allow_trailing_dot=state.allow_trailing_dot)
+    route = state.router.match(request.method, public.authority.name, target.path)
+    p.route_id = route.id
+    rt = p.rt = state.routes[route.id]
+    challenge = p.challenge = rt.challenge
+    rt.headers.check_request(request.headers)  # 501 / 508 / 400 before any auth work
+    if rt.cors is not None:
+        cors_origin = p.cors_origin = rt.cors.allowed_origin(request.headers)
+        if rt.cors.is_preflight(request.method, request.headers):
+            # Answered here, without auth, never forwarded (a preflight carries no credentials).
+            if cors_origin is None:
+                raise CorsRefusedError("origin not allowed")
+            headers = rt.cors.preflight_headers(cors_origin)
+            headers["x-fapi-interaction-id"] = fapi_id
+            return web.Response(status=204, headers=headers)
+    authenticates = bool(challenge.schemes)
+    auth_req = AuthRequest(
+        method=request.method,
+        url=public.origin(route.config.external_origin or state.origin) + target.path,
+        path=target.path,
+        query_string=request.query_string,
+        headers=request.headers,
+        peer_cert=(
+            state.client_certs.peer_certificate(cast(web.BaseRequest, request), authenticates=authenticates)
+            if peer_cert is None else peer_cert(authenticates)
+        ),
+        remote=request.remote or "",
+    )
+    p.t_auth = time.perf_counter()
+    decision = p.decision = await state.pipeline.decide(auth_req, route.config)
+    p.auth_s = time.perf_counter() - p.t_auth
+    return Authorized(rt, public, target, auth_req, decision)
+
+
 class GatewayHandler:
     """The public listener's request handler, served by aiohttp's low-level ``web.Server``.
 
@@ -285,65 +411,27 @@ class GatewayHandler:
         started = time.perf_counter()
         state = self.holder.current
         fapi_id = interaction_id(request.headers)
-        challenge = _NO_CHALLENGE
         # Observability (gateway.observability.observer): filled in as the request goes along.
-        route_id: str | None = None
-        decision: Decision | None = None
+        p = Progress()
         status: int = 500
         reason: str | None = "internal"
-        auth_s: float | None = None
         up_s: float | None = None
         up_status: int | None = None
-        t_auth: float | None = None
-        rt: RouteRuntime | None = None
-        cors_origin: str | None = None
         state.in_flight += 1
         state.metrics.in_flight.inc()
         try:
-            if request.method not in _METHODS:
-                raise MethodNotAllowedError("method not allowed", reason="method_not_allowed")
+            check_method(request.method)
             expect = request.headers.get("Expect")
             if expect is not None and expect.lower() != "100-continue":
                 raise ExpectationFailedError("unsupported Expect")
             remote = request.remote or ""
             trusted = state.is_trusted(remote)
-            # Validated once; routing, htu and X-Forwarded-Host/Forwarded use only this (issue #13).
-            public = state.hosts.check(request, trusted=trusted)
-            if request.method == "OPTIONS" and request.headers.get("Max-Forwards") == "0":
-                # RFC 9110 §7.6.2: the last hop answers itself.
-                status, reason = 204, None
-                return web.Response(status=204, headers={"Allow": ", ".join(sorted(_METHODS)),
-                                                         "x-fapi-interaction-id": fapi_id})
-            # The one canonical target: routed on, compared with htu and forwarded (issue #13).
-            target = canonical_target(request.raw_path, allow_trailing_dot=state.allow_trailing_dot)
-            route = state.router.match(request.method, public.authority.name, target.path)
-            route_id = route.id
-            rt = state.routes[route.id]
-            challenge = rt.challenge
-            rt.headers.check_request(request.headers)  # 501 / 508 / 400 before any auth work
-            if rt.cors is not None:
-                cors_origin = rt.cors.allowed_origin(request.headers)
-                if rt.cors.is_preflight(request.method, request.headers):
-                    # Answered here, without auth, never forwarded (a preflight carries no credentials).
-                    if cors_origin is None:
-                        raise CorsRefusedError("origin not allowed")
-                    status, reason = 204, None
-                    headers = rt.cors.preflight_headers(cors_origin)
-                    headers["x-fapi-interaction-id"] = fapi_id
-                    return web.Response(status=204, headers=headers)
+            ok = await authorize(state, request, p, fapi_id, trusted=trusted)
+            if isinstance(ok, web.Response):
+                status, reason = ok.status, None
+                return ok
+            rt, public, target, decision = ok.rt, ok.public, ok.target, ok.decision
             req_headers = request.headers
-            auth_req = AuthRequest(
-                method=request.method,
-                url=public.origin(route.config.external_origin or state.origin) + target.path,
-                path=target.path,
-                query_string=request.query_string,
-                headers=req_headers,
-                peer_cert=state.client_certs.peer_certificate(request, authenticates=bool(challenge.schemes)),
-                remote=remote,
-            )
-            t_auth = time.perf_counter()
-            decision = await state.pipeline.decide(auth_req, route.config)
-            auth_s = time.perf_counter() - t_auth
             # Deferred until the request is authorised (PRX-16): no body is read before.
             if expect is not None and request.version >= (1, 1):
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -354,21 +442,21 @@ class GatewayHandler:
                 host=str(public.authority),
                 fapi_id=fapi_id,
                 inject=_with_cert_header(
-                    decision.upstream_headers, state.client_certs.upstream_header(auth_req.peer_cert)
+                    decision.upstream_headers, state.client_certs.upstream_header(ok.auth_req.peer_cert)
                 ),
                 prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
             )
             t_up = time.perf_counter()
             extra: tuple[tuple[str, str], ...] = (("x-fapi-interaction-id", fapi_id), *decision.response_headers)
-            if cors_origin is not None and rt.cors is not None:
+            if p.cors_origin is not None and rt.cors is not None:
                 cors_headers = CIMultiDict[str]()
-                rt.cors.add_response_headers(cors_headers, cors_origin)
+                rt.cors.add_response_headers(cors_headers, p.cors_origin)
                 extra = (*extra, *cors_headers.items())
             resp, up_status = await state.forwarder.forward(
                 request,
                 rt.upstream,
                 up_headers,
-                max_body_bytes=route.config.max_body_bytes,
+                max_body_bytes=rt.route.config.max_body_bytes,
                 header_policy=rt.headers,
                 extra_response_headers=extra,
                 target=str(target),
@@ -380,10 +468,7 @@ class GatewayHandler:
             # FAPI-03: every log entry about a request names its x-fapi-interaction-id.
             log.debug("refused %s %s: %s (x-fapi-interaction-id %s)", request.method, request.path, exc.reason, fapi_id)
             status, reason = exc.status, exc.reason
-            resp = error_response(exc, challenge, fapi_id)
-            if cors_origin is not None and rt is not None and rt.cors is not None:
-                rt.cors.add_response_headers(resp.headers, cors_origin)
-            return resp
+            return refusal_response(exc, p, fapi_id)
         except asyncio.CancelledError:
             status, reason = CLIENT_CLOSED, "client_closed"
             raise
@@ -395,13 +480,21 @@ class GatewayHandler:
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.dec()
-            if auth_s is None and t_auth is not None:  # refused inside the auth decision
-                auth_s = time.perf_counter() - t_auth
+            if p.auth_s is None and p.t_auth is not None:  # refused inside the auth decision
+                p.auth_s = time.perf_counter() - p.t_auth
             self.observer.finished(
-                request, started=started, route_id=route_id, status=status, reason=reason,
-                decision=decision, interaction_id=fapi_id, auth_s=auth_s, upstream_status=up_status,
+                request, started=started, route_id=p.route_id, status=status, reason=reason,
+                decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, upstream_status=up_status,
                 upstream_s=up_s,
             )
+
+
+def refusal_response(exc: GatewayError, p: Progress, fapi_id: str) -> web.Response:
+    """The refusal as the client gets it: ``error_response`` plus the route's CORS headers."""
+    resp = error_response(exc, p.challenge, fapi_id)
+    if p.cors_origin is not None and p.rt is not None and p.rt.cors is not None:
+        p.rt.cors.add_response_headers(resp.headers, p.cors_origin)
+    return resp
 
 
 def build_handler(

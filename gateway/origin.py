@@ -22,9 +22,10 @@ no URL (every proof fails: closed). Only the validated authority reaches ``X-For
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from .canonical import Authority, parse_authority
 from .config import GatewayConfig
@@ -53,6 +54,13 @@ class PublicRequest:
         return f"{self.proto}://{self.authority}" if self.checked else ""
 
 
+class _Request(Protocol):
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def transport(self) -> Any: ...
+
+
 class HostPolicy:
     """Per configuration: the names and ports this listener answers to."""
 
@@ -75,14 +83,19 @@ class HostPolicy:
         self.ports = frozenset(ports)
         self.server_names = server_names
 
-    def check(self, request: web.BaseRequest, *, trusted: bool) -> PublicRequest:
-        """Raises 400 (malformed, wrong port) or 421 (another server's name)."""
+    def check(
+        self, request: _Request, *, trusted: bool, scheme: str | None = None, sni: str | None = None
+    ) -> PublicRequest:
+        """Raises 400 (malformed, wrong port) or 421 (another server's name).
+
+        ``scheme``/``sni``: for a decision front (issue #15), how the request reached the proxy
+        that asks us (that proxy's listener, not ours); None on the public listener."""
         headers = request.headers
         hosts = headers.getall("Host", ())
         if len(hosts) != 1:  # RFC 9112 §3.2: none, or more than one, is a 400
             raise InvalidRequestError("exactly one Host header is required", reason="bad_host")
         authority = parse_authority(hosts[0])
-        proto = self.scheme
+        proto = scheme or self.scheme
         forwarded = False
         if trusted:
             xfp = headers.get("X-Forwarded-Proto")
@@ -110,14 +123,15 @@ class HostPolicy:
         else:
             checked = False
         if not trusted:
-            sni = sni_of(request.transport)
+            if scheme is None:
+                sni = sni_of(request.transport)
             if sni is not None and sni != name:
                 raise MisdirectedRequestError("Host does not name the TLS server name (SNI)")
         effective = port if port is not None else _DEFAULT_PORTS[proto]
         return PublicRequest(authority, proto, checked and (effective in self.ports or effective == listener_port))
 
 
-def _listener_port(request: web.BaseRequest) -> int | None:
+def _listener_port(request: _Request) -> int | None:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
     if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):

@@ -42,6 +42,9 @@ RiskId = Literal[
     "unbound_tokens",
     "legacy_jwt_typ",
     "tls_profile_default",
+    "decision_plaintext_non_loopback",
+    "decision_peers_any_source",
+    "decision_peers_broad_source",
 ]
 RISK_IDS: Final[tuple[str, ...]] = get_args(RiskId)
 
@@ -171,6 +174,7 @@ def analyse(cfg: GatewayConfig) -> list[Risk]:
             "tls_profile_default", "warn", "listen.tls.profile",
             "default: TLS 1.2 cipher suites beyond what FAPI and BCP 195 allow",
         ))
+    _decision_risks(risks, cfg)
     for n, route in enumerate(cfg.routes):
         m = route.match
         if route.auth == "none" and m.path_prefix == "/" and m.host is None:
@@ -197,6 +201,28 @@ def analyse(cfg: GatewayConfig) -> list[Risk]:
             ))
     order = {"refuse": 0, "warn": 1}
     return sorted(marked, key=lambda r: (r.acknowledged, order[r.severity]))
+
+
+def _decision_risks(risks: list[Risk], cfg: GatewayConfig) -> None:
+    """The decision listener's callers assert the original request and client certificate."""
+    dec = cfg.decision
+    if not dec.enabled:
+        return
+    for name, front in (("grpc", dec.grpc), ("http", dec.http)):
+        if front is None:
+            continue
+        _source_ranges(
+            risks, front.trusted_peers, f"decision.{name}.trusted_peers", "decision_peers",
+            "assert any request and client certificate to the decision service (an allow for a forged request)",
+            any_is_refused=not front.trusted_identities,
+        )
+        if dec.tls is None and not _is_loopback_host(front.host):
+            risks.append(Risk(
+                "decision_plaintext_non_loopback", "warn", f"decision.{name}.host",
+                f"plain {name} on {front.host or '*'}: the caller is known by its address only, and requests, "
+                "tokens and proofs cross the network in clear; use decision.tls with client_auth: required, "
+                "or a NetworkPolicy that admits only the proxy's pods",
+            ))
 
 
 def unacknowledged_refusals(cfg: GatewayConfig) -> list[str]:

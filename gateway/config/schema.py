@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Discriminator, Field, SecretStr, Tag, model
 
 from .auth import AuthPolicy
 from .base import Cidr, FilePath, Model
+from .decision import DecisionConfig
 from .dpop import DpopConfig, check_workers
 from .issuers import IssuerConfig
 from .lifecycle import LifecycleConfig
@@ -66,6 +67,9 @@ class ListenerTls(Model):
         if self.client_auth != "none" and not self.client_ca:
             raise ValueError(f"client_auth: {self.client_auth} needs at least one client_ca bundle")
         return self
+
+
+DecisionConfig.model_rebuild(_types_namespace={"ListenerTls": ListenerTls})
 
 
 class Listen(Model):
@@ -198,6 +202,8 @@ class GatewayConfig(Model):
     revocation: RevocationConfig = RevocationConfig()
     proxy: ProxyConfig = ProxyConfig()
     paths: PathConfig = PathConfig()
+    # The decision service for Envoy/Istio ext_authz, nginx auth_request, Traefik forwardAuth.
+    decision: DecisionConfig = DecisionConfig()
     # Risky settings (config/risks.py) that the operator accepts, by id; the rest are refused.
     acknowledge_risks: tuple[RiskId, ...] = ()
 

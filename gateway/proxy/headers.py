@@ -320,6 +320,13 @@ class HeaderPolicy:
             self._decided[low] = ok
         return ok
 
+    def forwards(self, name: str) -> bool:
+        """Whether a request header of this name reaches the upstream (a decision front removes the
+        others through its proxy, issue #15); Connection-named fields aside."""
+        low = name.lower()
+        ok = self._decided.get(low)
+        return self._decide(low) if ok is None else ok
+
     def upstream_request_headers(
         self,
         incoming: CIMultiDictProxy[str],
