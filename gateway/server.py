@@ -43,6 +43,7 @@ from .app import GatewayHandler, GatewayState, StateHolder, build_handler, build
 from .config import GatewayConfig, load_config
 from .config.dpop import check_process
 from .config.risks import log_risks
+from .decision.http import DecisionHttpServer, decision_http_config
 from .errors import ConfigError
 from .listener import ConnectionGuard, GuardedServer, GuardedSite
 from .observability.accesslog import AccessLog
@@ -88,6 +89,7 @@ _RESTART_ONLY = (
     "client_certs.forward",
     "lifecycle.workers", "lifecycle.reload",
     "observability.metrics",
+    "decision.http",  # the decision HTTP listener (gateway/decision/http.py)
 )
 
 
@@ -140,6 +142,7 @@ class GatewayServer:
         self._shared: SharedMetrics | None = None
         self.client_certs: ClientCertificates | None = None
         self.connections: ConnectionGuard | None = None
+        self.decision_http: DecisionHttpServer | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[GatewayState] = set()
         self._reload_lock = asyncio.Lock()
@@ -204,6 +207,10 @@ class GatewayServer:
         )
         await admin_site.start()
         self.admin_port = _bound_port(admin_site)
+        if decision_http_config(cfg) is not None:  # nginx / Traefik / Envoy HTTP-mode fronts
+            self.decision_http = DecisionHttpServer(cfg, self.holder, self.handler.observer, metrics,
+                                                    self.readiness, reuse_port=self.reuse_port)
+            await self.decision_http.start()
         if cfg.dpop.replay.backend == "redis":
             self._redis = RedisProbe(cfg.dpop.replay.redis)
             await self._redis.start()
@@ -216,6 +223,11 @@ class GatewayServer:
         log.info("gateway listening on %s:%d (admin %s:%d) pid %d", cfg.listen.host, self.port,
                  cfg.admin.host, self.admin_port, os.getpid())
         self.metrics.config_risks((r.id, r.label) for r in log_risks(cfg, log))
+
+    @property
+    def decision_http_port(self) -> int:
+        assert self.decision_http is not None, "decision.http not enabled"
+        return self.decision_http.port
 
     @property
     def holder(self) -> StateHolder:
@@ -353,6 +365,9 @@ class GatewayServer:
         self.readiness.draining = True
         for task in list(self._background):
             task.cancel()
+        if self.decision_http is not None:
+            await self.decision_http.stop()
+            self.decision_http = None
         if self._runner is not None:
             # Closes the listening socket, then waits up to shutdown_grace_s for running handlers.
             await self._runner.cleanup()

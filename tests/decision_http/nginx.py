@@ -39,9 +39,8 @@ def free_port() -> int:
 def main_conf(prefix: Path, server_conf: Path) -> str:
     """nginx.conf around one server block: every writable path under ``prefix``."""
     user = "user root;\n" if os.geteuid() == 0 else ""  # as root, workers would drop to nobody
-    temp = "\n".join(
-        f"    {name}_temp_path {prefix / 'tmp' / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
+    names = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "\n".join(f"    {name}_temp_path {prefix / 'tmp' / name};" for name in names)
     return f"""{user}worker_processes 1;
 events {{ worker_connections 256; }}
 http {{
