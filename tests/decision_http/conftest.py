@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from multidict import CIMultiDictProxy
 
 from gateway.config import parse_config
 from gateway.server import GatewayServer
@@ -91,7 +92,7 @@ class NginxStack:
     pki: Pki
 
     async def send(self, path: str, headers: list[tuple[str, str]] | None = None, *, method: str = "GET",
-                   client: str | None = "a") -> tuple[int, aiohttp.typedefs.CIMultiDictProxy[str], str]:
+                   client: str | None = "a") -> tuple[int, CIMultiDictProxy[str], str]:
         cert = {"a": self.pki.client_a, "b": self.pki.client_b, None: None}[client]
         ctx: ssl.SSLContext = self.pki.client_context(cert)
         async with aiohttp.ClientSession() as s, s.request(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Any
 
 from tests.dpop.e2e_support import AsKey, dpop_headers
 from tests.dpop.proofs import Signer, ath, b64
@@ -19,7 +20,7 @@ from tests.dpop.proofs import Signer, ath, b64
 from .conftest import StackFactory
 
 
-def proof(k: Signer, origin: str, token: str, path: str = "/accounts", **claims: object) -> str:
+def proof(k: Signer, origin: str, token: str, path: str = "/accounts", **claims: Any) -> str:
     claims.setdefault("htu", origin + path)
     claims.setdefault("ath", ath(token))
     return k.proof(**claims)
