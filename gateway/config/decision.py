@@ -107,6 +107,13 @@ class DecisionConfig(Model):
     # the calling proxy by its certificate (pin it with trusted_identities).
     tls: ListenerTls | None = None
 
+    @property
+    def has_client_certs(self) -> bool:
+        """Whether an enabled front passes client certificates (an mTLS-bound route can then work)."""
+        return self.enabled and any(
+            f is not None and f.client_cert.source != "none" for f in (self.grpc, self.http)
+        )
+
     @model_validator(mode="after")
     def _fronts(self) -> DecisionConfig:
         if self.enabled and self.grpc is None and self.http is None:

@@ -40,6 +40,7 @@ AccessLogField = Literal[
     "interaction_id",
     "upstream_status",
     "upstream_latency_ms",
+    "mode",  # proxy, or the decision front that asked (issue #15)
     "remote",
     "jti",
 ]

@@ -241,10 +241,10 @@ class GatewayConfig(Model):
                         problems.append(f"{where}.auth.issuers[{k}]: no issuer named {name!r} under issuers:")
                 if route.auth.sender_constraint == "mtls" and (
                     self.listen.tls is None or self.listen.tls.client_auth == "none"
-                ) and self.client_certs.front_proxy is None:
+                ) and self.client_certs.front_proxy is None and not self.decision.has_client_certs:
                     problems.append(
                         f"{where}.auth.sender_constraint: mtls needs client certificates "
-                        "(listen.tls.client_auth is none and no front-proxy source is configured)"
+                        "(listen.tls.client_auth is none and no front-proxy or decision-front source is configured)"
                     )
                 if route.auth.sender_constraint in ("dpop", "any") and not (
                     route.external_origin or self.listen.external_origin or self.listen.allowed_hosts

@@ -43,12 +43,11 @@ from ..proxy.headers import HOP_BY_HOP
 from ..tls.checks import CertFacts, parse_cert_facts
 from ..tls.front_proxy import FrontProxy, parse_url_pem
 
-__all__ = ("MODES", "Mode", "OriginalRequest", "Verdict", "check", "front_config")
+__all__ = ("Mode", "OriginalRequest", "Verdict", "check", "front_config")
 
 log = logging.getLogger("gateway.decision")
 
 Mode = Literal["ext_authz_grpc", "ext_authz_http", "auth_request", "forward_auth"]
-MODES: Final[tuple[str, ...]] = ("proxy", "ext_authz_grpc", "ext_authz_http", "auth_request", "forward_auth")
 
 # Headers the calling proxy owns toward its upstream: never asked to remove them (it sets
 # X-Forwarded-For/-Proto itself at its edge; hop-by-hop fields are its own business).
@@ -251,8 +250,8 @@ async def check(state: GatewayState, original: OriginalRequest, observer: Observ
             p.auth_s = time.perf_counter() - p.t_auth
         if observer is not None:
             observer.finished(
-                original, started=started, route_id=p.route_id, status=status, reason=reason,  # type: ignore[arg-type]
-                decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s,
+                original, started=started, route_id=p.route_id, status=status, reason=reason,
+                decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, mode=original.mode,
             )
 
 

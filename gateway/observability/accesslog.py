@@ -79,6 +79,7 @@ class AccessRecord:
     upstream_latency_s: float | None = None
     remote: str | None = None
     jti: str | None = None
+    mode: str = "proxy"
 
 
 def redact_query(query: str) -> str:
@@ -128,6 +129,7 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "interaction_id": attrgetter("interaction_id"),
     "upstream_status": attrgetter("upstream_status"),
     "upstream_latency_ms": lambda r: _ms(r.upstream_latency_s),
+    "mode": attrgetter("mode"),
     "remote": attrgetter("remote"),
     "jti": attrgetter("jti"),
 }
@@ -160,6 +162,7 @@ def _default_line(r: AccessRecord, include_query: bool) -> str:
         + ',"interaction_id":' + _str(r.interaction_id)
         + ',"upstream_status":' + _num(r.upstream_status)
         + ',"upstream_latency_ms":' + _num(_ms(r.upstream_latency_s))
+        + ',"mode":' + _str(r.mode)
         + "}\n"
     )
 

@@ -13,8 +13,9 @@ scrape nor blow up cardinality (OPS-01).
 What other stages call (all cheap, none blocks):
 
 ======================================  ===============================================
-``metrics.route(route_id)``             ``RouteMetrics`` with pre-bound children; the app
-                                        keeps one per route and calls ``.finished(...)``
+``metrics.route(route_id, mode)``       ``RouteMetrics`` with pre-bound children; the app
+                                        keeps one per route and mode (``proxy`` or a decision
+                                        front, issue #15) and calls ``.finished(...)``
 ``metrics.in_flight``                   gauge with ``inc()`` / ``dec()`` (event loop only)
 ``metrics.introspection_call(iss, o)``  ``o`` in ``active | inactive | error``
 ``metrics.introspection_cache_lookup``  ``(issuer, hit)``: True on a cache hit, False on a miss
@@ -93,6 +94,9 @@ UNMATCHED_ROUTE: Final = "_unmatched"
 NO_REASON: Final = "none"
 OTHER: Final = "other"
 
+# Who asked for the decision: the proxy itself, or a decision front (gateway.decision, issue #15).
+MODES: Final = ("proxy", "ext_authz_grpc", "ext_authz_http", "auth_request", "forward_auth")
+
 # Why the listener closed a connection itself (gateway.listener).
 _CLOSE_REASONS: Final = ("header_timeout", "idle_evicted", "over_capacity", "send_timeout")
 
@@ -136,16 +140,17 @@ class RouteMetrics:
     reasons and statuses that cache stays small.
     """
 
-    __slots__ = ("_auth", "_duration", "_metrics", "_requests", "_route", "_upstream")
+    __slots__ = ("_auth", "_duration", "_metrics", "_mode", "_requests", "_route", "_upstream")
 
-    def __init__(self, metrics: Metrics, route_id: str) -> None:
+    def __init__(self, metrics: Metrics, route_id: str, mode: str = "proxy") -> None:
         self._metrics = metrics
         self._route = route_id
+        self._mode = mode
         on = metrics.latency_histograms
-        labels = (route_id,)
+        labels = (route_id, mode)
         self._duration = metrics.request_duration.series(labels) if on else None
         self._auth = metrics.auth_duration.series(labels) if on else None
-        self._upstream = metrics.upstream_duration.series(labels) if on else None
+        self._upstream = metrics.upstream_duration.series((route_id,)) if on else None
         self._requests: dict[tuple[str, int, str], list[float]] = {}
 
     def finished(
@@ -173,7 +178,9 @@ class RouteMetrics:
     def _bind(self, key: tuple[str, int, str]) -> list[float]:
         method, status, reason = key
         m = self._metrics
-        cell = m.requests.cell((self._route, method_class(method), _status_label(status), m.reason_label(reason)))
+        cell = m.requests.cell(
+            (self._route, self._mode, method_class(method), _status_label(status), m.reason_label(reason))
+        )
         # Unknown methods are folded into "other" above; keep them out of the cache key space too.
         if len(self._requests) < 4096 and method in _METHOD_CLASS:
             self._requests[key] = cell
@@ -196,19 +203,20 @@ class Metrics:
         # Per-request metrics: lock-free (see hotpath.py); updated only on the event loop.
         self.requests = FastCounter(
             "gateway_requests_total",
-            "Requests by route id, method class (read/write/other), status and refusal reason code.",
-            ("route", "method", "status", "reason"),
+            "Requests by route id, mode (proxy or decision front), method class (read/write/other), status "
+            "and refusal reason code.",
+            ("route", "mode", "method", "status", "reason"),
         )
         self.request_duration = FastHistogram(
             "gateway_request_duration_seconds",
-            "End-to-end request latency as seen by the gateway (until the response is sent).",
-            ("route",),
+            "End-to-end request latency as seen by the gateway (until the response or verdict is sent).",
+            ("route", "mode"),
             LATENCY_BUCKETS,
         )
         self.auth_duration = FastHistogram(
             "gateway_auth_duration_seconds",
             "Time spent in the auth decision (credentials, token, binding, policy).",
-            ("route",),
+            ("route", "mode"),
             AUTH_BUCKETS,
         )
         self.upstream_duration = FastHistogram(
@@ -309,7 +317,8 @@ class Metrics:
         self._headers = _LabelGuard(limit=16, pattern=_HEADER)
         self._stores = _LabelGuard(limit=4, preset=("redis", "memory"))
         self._risks = _LabelGuard(limit=32)
-        self._routes: dict[str, RouteMetrics] = {}
+        self._routes: dict[tuple[str, str], RouteMetrics] = {}
+        self._modes = _LabelGuard(limit=len(MODES), preset=MODES)
         self._route_guard = _LabelGuard(limit=1024, pattern=_ROUTE_ID, preset=(UNMATCHED_ROUTE,))
         for rid in route_ids:
             self.route(rid)
@@ -320,16 +329,17 @@ class Metrics:
 
     # -- per request -------------------------------------------------------------------------
 
-    def route(self, route_id: str | None) -> RouteMetrics:
-        """The pre-bound metrics of one route (``None``: a request that matched no route)."""
-        rid = route_id or UNMATCHED_ROUTE
-        rm = self._routes.get(rid)
+    def route(self, route_id: str | None, mode: str = "proxy") -> RouteMetrics:
+        """The pre-bound metrics of one route (``None``: a request that matched no route) in one
+        mode (``proxy``, or the decision front that asked: ``MODES``)."""
+        key = (route_id or UNMATCHED_ROUTE, mode)
+        rm = self._routes.get(key)
         if rm is None:
-            label = self._route_guard(rid)
-            rm = self._routes.get(label) or RouteMetrics(self, label)
+            label = (self._route_guard(key[0]), self._modes(mode))
+            rm = self._routes.get(label) or RouteMetrics(self, *label)
             self._routes[label] = rm
             if len(self._routes) < 2048:
-                self._routes[rid] = rm
+                self._routes[key] = rm
         return rm
 
     def reason_label(self, reason: str) -> str:

@@ -10,8 +10,7 @@ reload changes that section.
 from __future__ import annotations
 
 import time
-
-from aiohttp import web
+from typing import Protocol
 
 from ..model import Decision
 from .accesslog import AccessLog, AccessRecord
@@ -23,6 +22,19 @@ __all__ = ("CLIENT_CLOSED", "Observer")
 CLIENT_CLOSED = 499
 
 
+class Request(Protocol):
+    """What is recorded of a request: an aiohttp request, or a decision front's OriginalRequest."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def remote(self) -> str | None: ...
+
+
 class Observer:
     __slots__ = ("access_log", "metrics")
 
@@ -32,7 +44,7 @@ class Observer:
 
     def finished(
         self,
-        request: web.BaseRequest,
+        request: Request,
         *,
         started: float,
         route_id: str | None,
@@ -43,12 +55,13 @@ class Observer:
         auth_s: float | None = None,
         upstream_status: int | None = None,
         upstream_s: float | None = None,
+        mode: str = "proxy",
     ) -> None:
         """Count and log one finished request. ``started`` is a ``time.perf_counter()`` value."""
         elapsed = time.perf_counter() - started
         method = request.method
         metrics = self.metrics
-        metrics.route(route_id).finished(method, status, reason, elapsed, auth_s, upstream_s)
+        metrics.route(route_id, mode).finished(method, status, reason, elapsed, auth_s, upstream_s)
         if reason == "replay_store_unavailable":
             # The replay store failed this request (RFC 9449 §11.1 check impossible: refused).
             metrics.replay_store_error()
@@ -74,6 +87,7 @@ class Observer:
                 upstream_latency_s=upstream_s,
                 remote=request.remote,
                 jti=token.jti if token is not None else None,
+                mode=mode,
             )
         )
 
