@@ -82,6 +82,7 @@ async def test_traefik_allow_returns_identity_for_auth_response_headers(
     assert resp["X-Auth-Subject"] == "cust-123" and resp["X-Auth-Binding"] == "dpop"
     assert resp["X-Auth-Cnf-Thumbprint"] == k1.jkt
     assert resp["Cache-Control"] == "no-store"
+    assert 'mode="forward_auth"' in traefik_gw.metrics.render().decode()
 
 
 @pytest.mark.parametrize("escaped", [False, True], ids=["traefik3", "traefik2-escaped"])

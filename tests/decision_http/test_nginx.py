@@ -47,6 +47,9 @@ async def test_valid_dpop_request_passes_with_identity(nginx_stack: StackFactory
     assert seen.header("Authorization") is None and seen.header("DPoP") is None
     assert seen.all("X-Auth-Subject") == ["cust-123"]
     assert headers.get("x-fapi-interaction-id")
+    # Counted like the proxy's requests, under the front's mode.
+    metrics = stack.gateway.metrics.render().decode()
+    assert 'mode="auth_request"' in metrics and 'route="accounts"' in metrics
 
 
 async def test_refusals_are_nginxs_answer_with_the_gateways_challenge(
