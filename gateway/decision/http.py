@@ -198,9 +198,13 @@ def render(front: Front, verdict: Verdict) -> web.Response:
     """``verdict`` in ``front``'s protocol."""
     if verdict.allowed:
         headers = _headers((*verdict.upstream_add, *verdict.response_headers), _ENTITY)
-        if front.mode == "ext_authz_http" and verdict.upstream_remove:
-            # Envoy removes these from the original request before forwarding it.
-            headers[ENVOY_REMOVE_HEADER] = ",".join(verdict.upstream_remove)
+        if front.mode == "ext_authz_http":
+            # Envoy removes these from the original request after setting the allowed ones, so a
+            # name we set (a forged identity header we overwrite) must not be listed.
+            setting = {name.lower() for name, _ in verdict.upstream_add}
+            remove = [name for name in verdict.upstream_remove if name.lower() not in setting]
+            if remove:
+                headers[ENVOY_REMOVE_HEADER] = ",".join(remove)
         headers["Cache-Control"] = "no-store"
         return web.Response(status=200, headers=headers)
     status = _deny_status(verdict)
