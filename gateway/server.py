@@ -34,7 +34,7 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -43,7 +43,6 @@ from .app import GatewayHandler, GatewayState, StateHolder, build_handler, build
 from .config import GatewayConfig, load_config
 from .config.dpop import check_process
 from .config.risks import log_risks
-from .decision.http import DecisionHttpServer, decision_http_config
 from .errors import ConfigError
 from .listener import ConnectionGuard, GuardedServer, GuardedSite
 from .observability.accesslog import AccessLog
@@ -57,6 +56,9 @@ from .tls.clientcerts import ClientCertificates
 from .wire import AdminRunner
 
 __all__ = ("GatewayServer", "run")
+
+if TYPE_CHECKING:
+    from .decision.service import DecisionService
 
 log = logging.getLogger("gateway")
 
@@ -88,8 +90,8 @@ _RESTART_ONLY = (
     "client_certs.watch_interval_s", "client_certs.max_chain_depth", "client_certs.require_client_auth_usage",
     "client_certs.forward",
     "lifecycle.workers", "lifecycle.reload",
+    "decision.enabled", "decision.grpc", "decision.http", "decision.tls",
     "observability.metrics",
-    "decision.http",  # the decision HTTP listener (gateway/decision/http.py)
 )
 
 
@@ -135,6 +137,7 @@ class GatewayServer:
         self.access_log = access_log
         self.port = 0
         self.admin_port = 0
+        self.decision: DecisionService | None = None
         self.handler: GatewayHandler | None = None
         self._runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -142,7 +145,6 @@ class GatewayServer:
         self._shared: SharedMetrics | None = None
         self.client_certs: ClientCertificates | None = None
         self.connections: ConnectionGuard | None = None
-        self.decision_http: DecisionHttpServer | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[GatewayState] = set()
         self._reload_lock = asyncio.Lock()
@@ -207,13 +209,16 @@ class GatewayServer:
         )
         await admin_site.start()
         self.admin_port = _bound_port(admin_site)
-        if decision_http_config(cfg) is not None:  # nginx / Traefik / Envoy HTTP-mode fronts
-            self.decision_http = DecisionHttpServer(cfg, self.holder, self.handler.observer, metrics,
-                                                    self.readiness, reuse_port=self.reuse_port)
-            await self.decision_http.start()
         if cfg.dpop.replay.backend == "redis":
             self._redis = RedisProbe(cfg.dpop.replay.redis)
             await self._redis.start()
+        if cfg.decision.enabled:  # ext_authz / auth_request / forwardAuth listeners (issue #15)
+            from .decision.service import DecisionService
+
+            self.decision = DecisionService(cfg.decision, self.holder, self.handler.observer,
+                                            reuse_port=bool(self.reuse_port), readiness=self.readiness)
+            await self.decision.start()
+            self.readiness.add_check("decision", self.decision.ready)
         self.readiness.listening = True
         if self.config_path is not None and cfg.lifecycle.reload.watch_file:
             self._spawn(self._watch_file(cfg.lifecycle.reload.poll_interval_s))
@@ -223,11 +228,6 @@ class GatewayServer:
         log.info("gateway listening on %s:%d (admin %s:%d) pid %d", cfg.listen.host, self.port,
                  cfg.admin.host, self.admin_port, os.getpid())
         self.metrics.config_risks((r.id, r.label) for r in log_risks(cfg, log))
-
-    @property
-    def decision_http_port(self) -> int:
-        assert self.decision_http is not None, "decision.http not enabled"
-        return self.decision_http.port
 
     @property
     def holder(self) -> StateHolder:
@@ -365,9 +365,9 @@ class GatewayServer:
         self.readiness.draining = True
         for task in list(self._background):
             task.cancel()
-        if self.decision_http is not None:
-            await self.decision_http.stop()
-            self.decision_http = None
+        if self.decision is not None:
+            await self.decision.stop(self.cfg.lifecycle.shutdown_grace_s)
+            self.decision = None
         if self._runner is not None:
             # Closes the listening socket, then waits up to shutdown_grace_s for running handlers.
             await self._runner.cleanup()

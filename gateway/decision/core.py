@@ -212,8 +212,17 @@ def _removals(original: OriginalRequest, forwards: Callable[[str], bool]) -> tup
     return tuple(seen)
 
 
-async def check(state: GatewayState, original: OriginalRequest, observer: Observer | None = None) -> Verdict:
-    """The proxy's decision on ``original``, as a ``Verdict``. Never raises (but CancelledError)."""
+async def check(
+    state: GatewayState,
+    original: OriginalRequest,
+    observer: Observer | None = None,
+    *,
+    remaining_s: float | None = None,
+) -> Verdict:
+    """The proxy's decision on ``original``, as a ``Verdict``. Never raises (but CancelledError).
+
+    ``observer``: count and log it like a proxied request (with its mode). ``remaining_s``: the
+    caller's own deadline, when it sent one (a gRPC deadline); the front's ``deadline_s`` otherwise."""
     started = time.perf_counter()
     fapi_id = interaction_id(original.headers)
     p = Progress()
@@ -224,7 +233,8 @@ async def check(state: GatewayState, original: OriginalRequest, observer: Observ
     try:
         front = front_config(state, original.mode)
         try:
-            async with asyncio.timeout(front.deadline_s):
+            deadline = front.deadline_s if remaining_s is None else max(0.0, min(front.deadline_s, remaining_s))
+            async with asyncio.timeout(deadline):
                 verdict = await _decide(state, original, p, fapi_id)
         except TimeoutError:
             # Not decided in time: refused, never allowed (the caller's own timeout may be shorter).
@@ -279,7 +289,11 @@ async def _decide(state: GatewayState, original: OriginalRequest, p: Progress, f
         cors_headers = CIMultiDict[str]()
         rt.cors.add_response_headers(cors_headers, p.cors_origin)
         response.extend(cors_headers.items())
+    added = {name.lower() for name, _ in add}
     return Verdict(
         True, 200, tuple(response), upstream_add=tuple(add),
-        upstream_remove=_removals(original, rt.headers.forwards), route_id=p.route_id,
+        # A name we set is overwritten by the proxy (all its values), never also removed: a proxy
+        # that removes after adding would drop our value.
+        upstream_remove=tuple(n for n in _removals(original, rt.headers.forwards) if n not in added),
+        route_id=p.route_id,
     )

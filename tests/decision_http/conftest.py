@@ -58,6 +58,12 @@ def gateway_config(example: Path, as_key: AsKey, *, origin: str, trusted: list[s
     return cfg
 
 
+def http_port(gw: GatewayServer) -> int:
+    """The bound port of the gateway's decision HTTP listener."""
+    assert gw.decision is not None, "decision not enabled"
+    return gw.decision.http_port
+
+
 async def start_gateway(cfg: dict[str, Any]) -> GatewayServer:
     server = GatewayServer(parse_config(yaml.safe_dump(cfg), source="test.yaml"))
     await server.start()
@@ -114,7 +120,7 @@ async def nginx_stack(pki: Pki, upstream: Upstream, as_key: AsKey, tmp_path: Pat
         gw = await start_gateway(gateway_config(NGINX_EXAMPLE, as_key, origin=origin,
                                                 trusted=trusted or ["127.0.0.1/32"]))
         up_port = int(re.sub(r".*:", "", upstream.url))
-        decision_port = gw.decision_http_port
+        decision_port = http_port(gw)
         nginx = Nginx(tmp_path / f"nginx-{len(made)}", render_nginx(
             pki, nginx_port=port, decision_port=decision_port, upstream_port=up_port))
         stack = NginxStack(gw, nginx, port, origin, upstream, pki)

@@ -26,7 +26,7 @@ from tests.conftest import Pki, Upstream
 from tests.dpop.e2e_support import AsKey, dpop_headers
 from tests.dpop.proofs import Signer
 
-from .conftest import REPO, gateway_config, start_gateway
+from .conftest import REPO, gateway_config, http_port, start_gateway
 from .nginx import free_port
 from .test_nginx import proof, x5t
 
@@ -126,7 +126,7 @@ async def envoy_stack(pki: Pki, upstream: Upstream, as_key: AsKey, tmp_path: Pat
         gw = await start_gateway(gateway_config(EXAMPLE, as_key, origin=origin, trusted=["127.0.0.1/32"]))
         up_port = int(re.sub(r".*:", "", upstream.url))
         envoy = Envoy(tmp_path / f"envoy-{len(made)}", render_envoy(
-            pki, port=port, decision_port=gw.decision_http_port, upstream_port=up_port))
+            pki, port=port, decision_port=http_port(gw), upstream_port=up_port))
         stack = EnvoyStack(gw, envoy, origin, upstream, pki)
         made.append(stack)
         await envoy.start(port)

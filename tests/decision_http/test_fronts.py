@@ -22,7 +22,7 @@ from tests.conftest import ClientCert, Pki
 from tests.dpop.e2e_support import AsKey
 from tests.dpop.proofs import Signer, ath
 
-from .conftest import NGINX_EXAMPLE, TRAEFIK_EXAMPLE, gateway_config, start_gateway
+from .conftest import NGINX_EXAMPLE, TRAEFIK_EXAMPLE, gateway_config, http_port, start_gateway
 from .test_nginx import x5t
 
 ORIGIN = "https://api.bank.example"
@@ -77,7 +77,7 @@ async def test_traefik_allow_returns_identity_for_auth_response_headers(
     headers = traefik_check("/accounts/7?x=1", method="POST", extra=[
         ("Authorization", f"DPoP {token}"), ("DPoP", proof(k1, token, htm="POST", path="/accounts/7")),
         ("X-Auth-Subject", "forged")])
-    status, resp, body = await call(traefik_gw.decision_http_port, "/forward_auth", headers)
+    status, resp, body = await call(http_port(traefik_gw), "/forward_auth", headers)
     assert status == 200, body
     assert resp["X-Auth-Subject"] == "cust-123" and resp["X-Auth-Binding"] == "dpop"
     assert resp["X-Auth-Cnf-Thumbprint"] == k1.jkt
@@ -91,7 +91,7 @@ async def test_traefik_certificate_bound_token(
 ) -> None:
     token = as_key.token(cnf={"x5t#S256": x5t(pki.client_a.der)})
     auth = [("Authorization", f"Bearer {token}")]
-    port = traefik_gw.decision_http_port
+    port = http_port(traefik_gw)
     status, resp, body = await call(port, "/forward_auth", traefik_check(
         "/accounts", cert=traefik_cert(pki.client_a, escaped=escaped), extra=auth))
     assert status == 200, body
@@ -106,7 +106,7 @@ async def test_traefik_certificate_bound_token(
 
 
 async def test_traefik_denials_keep_their_status(traefik_gw: GatewayServer, as_key: AsKey, k1: Signer) -> None:
-    port = traefik_gw.decision_http_port
+    port = http_port(traefik_gw)
     status, resp, _ = await call(port, "/forward_auth", traefik_check("/accounts"))
     assert status == 401 and "error=" not in resp["WWW-Authenticate"]
     status, _, body = await call(port, "/forward_auth", traefik_check("/accounts?access_token=x"))
@@ -177,7 +177,7 @@ def xfcc(client: ClientCert) -> str:
 async def test_envoy_http_mode(envoy_gw: GatewayServer, as_key: AsKey, k1: Signer, pki: Pki) -> None:
     """The check request is the original method and path under path_prefix, with the original
     Host and the allowed headers; 200 = allow with the headers to add and to remove."""
-    port = envoy_gw.decision_http_port
+    port = http_port(envoy_gw)
     token = as_key.token(jkt=k1.jkt)
     base = [("Host", "api.bank.example"), ("x-forwarded-proto", "https"), ("x-forwarded-for", "198.51.100.4"),
             ("x-request-id", "r-1"), ("content-length", "0")]
@@ -210,7 +210,7 @@ async def test_untrusted_caller_is_refused_not_ignored(nginx_gw: GatewayServer, 
     """Spoofed X-Original-*/X-Forwarded-* and certificate headers from a peer outside
     decision.http.trusted_peers: a denial (403), although the same check from nginx's address is
     allowed. The caller is told nothing else."""
-    port = nginx_gw.decision_http_port
+    port = http_port(nginx_gw)
     token = as_key.token(cnf={"x5t#S256": x5t(pki.client_a.der)})
     check = [("X-Original-Method", "GET"), ("X-Original-URI", "/accounts"), ("X-Forwarded-Host", "api.bank.example"),
              ("X-Forwarded-Proto", "https"), ("X-SSL-Client-Cert", quote(pki.client_a.pem.decode(), safe="")),
@@ -232,7 +232,7 @@ async def nginx_gw(as_key: AsKey) -> AsyncIterator[GatewayServer]:
 
 
 async def test_nginx_front_maps_other_refusals_to_403_with_the_real_status(nginx_gw: GatewayServer) -> None:
-    port = nginx_gw.decision_http_port
+    port = http_port(nginx_gw)
     # No X-Original-URI: the check is incomplete (400), which auth_request could not carry.
     status, resp, _ = await call(port, "/auth_request", [("X-Original-Method", "GET"),
                                                              ("X-Forwarded-Host", "api.bank.example")])
@@ -245,14 +245,14 @@ async def test_nginx_front_maps_other_refusals_to_403_with_the_real_status(nginx
 
 
 async def test_check_with_a_body_is_refused_unread(nginx_gw: GatewayServer) -> None:
-    status, resp, body = await call(nginx_gw.decision_http_port, "/auth_request", [
+    status, resp, body = await call(http_port(nginx_gw), "/auth_request", [
         ("X-Original-Method", "POST"), ("X-Original-URI", "/accounts"), ("X-Forwarded-Host", "api.bank.example")],
         method="POST", data=b"x" * 1000)
     assert status == 403 and resp["X-Fapi-Status"] == "413", body
 
 
 async def test_unknown_path_and_readiness(nginx_gw: GatewayServer) -> None:
-    port = nginx_gw.decision_http_port
+    port = http_port(nginx_gw)
     assert (await call(port, "/admin", []))[0] == 404
     status, _, body = await call(port, "/readyz", [])
     assert status == 200 and json.loads(body)["ready"] is True
