@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from tests.dpop.e2e_support import AsKey, dpop_headers
 from tests.dpop.proofs import Signer, ath, b64
@@ -100,6 +101,13 @@ async def test_certificate_bound_token_through_nginx_mtls(nginx_stack: StackFact
         status, headers, body = await stack.send("/accounts", auth, client=client)
         assert status == 401, (client, body)
         assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+    # A client without a certificate sending A's (public) certificate, and a forged original URI,
+    # in the headers the check uses: nginx overwrites both (proxy_set_header), so they are never
+    # believed.
+    a_cert = quote(stack.pki.client_a.pem.decode(), safe="")
+    status, _, body = await stack.send("/accounts", [*auth, ("X-SSL-Client-Cert", a_cert),
+                                                     ("X-Original-URI", "/open")], client=None)
+    assert status == 401, body
     assert len(stack.upstream.requests) == 1
 
 
