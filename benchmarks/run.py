@@ -194,7 +194,8 @@ def launch_all(cands: list[Candidate], only: set[str] | None) -> None:
 
 
 def run_phase(c: Candidate, m: Any, conc: int, mix: str, args: argparse.Namespace, rnd: int = 1,
-              duration: float | None = None, ready: Path | None = None) -> dict[str, Any]:
+              duration: float | None = None, ready: Path | None = None,
+              side_pids: list[int] | None = None) -> dict[str, Any]:
     out = OUT / "phase.json"
     out.unlink(missing_ok=True)
     duration = duration or args.duration
@@ -210,6 +211,8 @@ def run_phase(c: Candidate, m: Any, conc: int, mix: str, args: argparse.Namespac
     ]
     if ready is not None:
         argv += ["-ready-file", str(ready)]
+    if side_pids:  # measured apart, e.g. the Envoy in front of the decision service (decision.py)
+        argv += ["-side-pids", ",".join(str(p) for p in side_pids)]
     # One OS thread for Go: the load generator stays on at most one core and does not spin on the
     # other, which the server (or the second gateway worker) needs.
     env = {**os.environ, "GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")}

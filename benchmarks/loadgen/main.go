@@ -60,6 +60,8 @@ type Result struct {
 	ServerCPUUs   float64        `json:"server_cpu_us_per_req"`
 	ServerRSSKB   int64          `json:"server_rss_kb"`
 	ServerPids    []int          `json:"server_pids"`
+	SideCPU       float64        `json:"side_cpu_s"`
+	SideCPUUs     float64        `json:"side_cpu_us_per_req"`
 	LoadgenCPU    float64        `json:"loadgen_cpu_s"`
 	LoadgenCPUUs  float64        `json:"loadgen_cpu_us_per_req"`
 	WarmupRPS     float64        `json:"warmup_rps"`
@@ -380,6 +382,7 @@ func main() {
 	flag.StringVar(&issuer, "issuer", "https://as.example", "iss of -auth garbage tokens")
 	scheme := flag.String("scheme", "DPoP", "Authorization scheme used with -auth dpop")
 	pidsF := flag.String("pids", "", "comma-separated root pids of the server under test")
+	sidePidsF := flag.String("side-pids", "", "root pids measured apart (e.g. the Envoy in front of the gateway)")
 	readyF := flag.String("ready-file", "", "touch this file when the timed phase starts (for profilers)")
 	outF := flag.String("out", "", "write the JSON result here (default stdout)")
 	flag.Parse()
@@ -466,6 +469,14 @@ func main() {
 		}
 	}
 	pids := descendants(roots)
+	var sideRoots []int
+	for _, p := range strings.Split(*sidePidsF, ",") {
+		if v, err := strconv.Atoi(strings.TrimSpace(p)); err == nil {
+			sideRoots = append(sideRoots, v)
+		}
+	}
+	side := descendants(sideRoots)
+	side0 := cpuSeconds(side)
 	cpu0 := cpuSeconds(pids)
 	self0 := selfCPU()
 	busy0 := machineBusy()
@@ -474,6 +485,7 @@ func main() {
 	}
 	st := run(client, *method, *url, reqs, *conc, *duration)
 	cpu1 := cpuSeconds(pids)
+	side1 := cpuSeconds(side)
 	self1 := selfCPU()
 	busy1 := machineBusy()
 	rss := rssKB(pids)
@@ -498,11 +510,11 @@ func main() {
 	res := Result{
 		Requests: done, Planned: n, Elapsed: st.elapsed.Seconds(), Status: status, Errors: int(st.errs),
 		P50ms: pct(0.50), P90ms: pct(0.90), P99ms: pct(0.99), MaxMs: pct(1.0),
-		ServerCPU: cpu1 - cpu0, ServerRSSKB: rss, ServerPids: pids,
+		ServerCPU: cpu1 - cpu0, ServerRSSKB: rss, ServerPids: pids, SideCPU: side1 - side0,
 		LoadgenCPU: self1 - self0, NewConns: st.newConns, WarmupRPS: wRPS, PregenSeconds: pregen, Concurrency: *conc,
 	}
 	// CPU used by everything else on the machine during the phase (other jobs skew the figures).
-	res.OtherCPU = (busy1 - busy0) - res.ServerCPU - res.LoadgenCPU
+	res.OtherCPU = (busy1 - busy0) - res.ServerCPU - res.LoadgenCPU - res.SideCPU
 	if first, ok := st.firstErr.Load().(string); ok {
 		res.FirstError = first
 	}
@@ -510,6 +522,7 @@ func main() {
 		res.RPS = float64(done) / st.elapsed.Seconds()
 		res.ServerCPUUs = res.ServerCPU / float64(done) * 1e6
 		res.LoadgenCPUUs = res.LoadgenCPU / float64(done) * 1e6
+		res.SideCPUUs = res.SideCPU / float64(done) * 1e6
 	}
 	if *mix == "many" {
 		res.DistinctToks = distinct

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from aiohttp import web
+from cachetools import TTLCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..app import GatewayState, Progress, authorize, check_method, error_response, refusal_response
@@ -41,6 +42,7 @@ from ..observability.observer import CLIENT_CLOSED, Observer
 from ..proxy import interaction_id
 from ..proxy.headers import HOP_BY_HOP
 from ..tls.checks import CertFacts, parse_cert_facts
+from ..tls.clientcerts import CERT_HEADERS
 from ..tls.front_proxy import FrontProxy, parse_url_pem
 
 __all__ = ("Mode", "OriginalRequest", "Verdict", "check", "front_config")
@@ -151,6 +153,10 @@ class _Certs:
                                                       trusted_cidrs=("0.0.0.0/0", "::/0"),
                                                       max_header_bytes=cfg.max_header_bytes))
         self.max_bytes = cfg.max_header_bytes
+        # The proxy parses a client certificate once per TLS connection; a front sends it with every
+        # check, so parses are kept (bounded, expiring: the per-request checks still run every time).
+        # None: known to be malformed.
+        self._parsed: TTLCache[str, CertFacts | None] = TTLCache(maxsize=4096, ttl=300)
 
     def facts(self, original: OriginalRequest) -> CertFacts | None:
         if self.source == "attribute":
@@ -158,16 +164,24 @@ class _Certs:
             if not value:
                 return None
             try:
-                if len(value) > self.max_bytes:
-                    raise ValueError("certificate too large")
-                ders = parse_url_pem(value)
-                return parse_cert_facts(ders[0], ca_depth=None, source="header")
-            except (ValueError, UnicodeError):
-                raise InvalidRequestError("malformed client certificate",
-                                          reason="client_cert_header_malformed") from None
+                facts = self._parsed[value]
+            except KeyError:
+                facts = self._parsed[value] = self._parse(value)
+            if facts is None:
+                raise InvalidRequestError("malformed client certificate", reason="client_cert_header_malformed")
+            return facts
         if self.header is not None:
             return self.header.certificate(original.headers)
         return None
+
+    def _parse(self, value: str) -> CertFacts | None:
+        if len(value) > self.max_bytes:
+            return None
+        try:
+            ders = parse_url_pem(value)
+            return parse_cert_facts(ders[0], ca_depth=None, source="header")
+        except (ValueError, UnicodeError):
+            return None
 
 
 _runtime: weakref.WeakKeyDictionary[GatewayState, dict[str, _Certs]] = weakref.WeakKeyDictionary()
@@ -272,6 +286,13 @@ async def _decide(state: GatewayState, original: OriginalRequest, p: Progress, f
     certs = _certs(state, original.mode)
     # Parsed before routing like the proxy's handshake certificate; checked with the route's 401/403.
     facts = certs.facts(original)
+    if certs.header is None:
+        # A certificate header the client sent is never read here (the front's attribute is), and
+        # is removed toward the upstream; counted as the proxy counts it from untrusted peers.
+        for name in CERT_HEADERS:
+            if name in original.headers:
+                state.metrics.front_proxy_cert_dropped(name)
+                break
     ok = await authorize(
         state, original, p, fapi_id, trusted=False, scheme=original.scheme, sni=original.sni,
         peer_cert=lambda authenticates: _peer_cert(state, facts, authenticates),

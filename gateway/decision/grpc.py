@@ -69,7 +69,7 @@ def original_request(req: Any, *, with_attribute_cert: bool) -> OriginalRequest:
     return OriginalRequest.build(
         "ext_authz_grpc",
         method=http.method,
-        scheme=http.scheme or "https",
+        scheme=http.scheme,  # always sent by Envoy; missing -> refused (400), never guessed
         authority=http.host,
         raw_path=http.path,
         headers=headers,
@@ -114,6 +114,8 @@ class _Callers:
         self._x5ts = frozenset(i.x5t_s256 for i in cfg.trusted_identities if i.x5t_s256)
         self._subjects = frozenset(i.subject for i in cfg.trusted_identities if i.subject)
         self._last_log = 0.0
+        self._peers: dict[str, bool] = {}
+        self._identities: dict[bytes, bool] = {}
 
     def allowed(self, context: Any) -> bool:
         if not self._address_ok(context.peer()):
@@ -123,8 +125,16 @@ class _Callers:
         pems = context.auth_context().get("x509_pem_cert") or []
         if not pems:
             return False
+        hit = self._identities.get(pems[0])
+        if hit is None:
+            if len(self._identities) >= 1024:
+                self._identities.clear()
+            hit = self._identities[pems[0]] = self._identity_ok(pems[0])
+        return hit
+
+    def _identity_ok(self, pem: bytes) -> bool:
         try:
-            der = parse_pem_certs(pems[0].decode("ascii"))[0]
+            der = parse_pem_certs(pem.decode("ascii"))[0]
         except (ValueError, UnicodeError):
             return False
         if b64url(hashlib.sha256(der).digest()) in self._x5ts:
@@ -136,6 +146,15 @@ class _Callers:
         return facts.issuer != facts.subject and facts.subject in self._subjects
 
     def _address_ok(self, peer: str) -> bool:
+        # A proxy keeps a few long-lived HTTP/2 connections: one parse per connection (bounded).
+        hit = self._peers.get(peer)
+        if hit is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            hit = self._peers[peer] = self._parse_peer(peer)
+        return hit
+
+    def _parse_peer(self, peer: str) -> bool:
         # grpc peer strings: "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path".
         kind, _, rest = peer.partition(":")
         if kind == "ipv4":
@@ -217,7 +236,10 @@ class GrpcFront:
                 # gRPC sets SO_REUSEPORT by default: only worker processes of one gateway share the
                 # port (as the public listener does), never an unrelated process.
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-                ("grpc.max_concurrent_streams", min(g.max_concurrent, 1000)),
+                # Above max_concurrent: a check over the bound reaches the server and is shed at once
+                # (RESOURCE_EXHAUSTED: Envoy answers 503), instead of waiting in the caller's
+                # stream queue until its timeout (found by test_concurrent_checks_beyond_the_bound).
+                ("grpc.max_concurrent_streams", min(2 * g.max_concurrent + 100, 100_000)),
             ],
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(

@@ -23,6 +23,7 @@ def decision_yaml(
     decision: str = "decision: {enabled: true, grpc: {host: 127.0.0.1, port: 0}}",
     dpop: str = "",
     upstream: str = "http://127.0.0.1:9",
+    nonce: bool = False,
 ) -> str:
     """Routes: /accounts (DPoP, scope accounts), /payments (mTLS-bound), /open (auth: none).
 
@@ -44,7 +45,8 @@ def decision_yaml(
       - id: accounts
         match: {{path_prefix: /accounts}}
         upstream: {upstream}
-        auth: {{issuers: [bank-as], audience: [{AUD}], scopes: [accounts], sender_constraint: dpop}}
+        auth: {{issuers: [bank-as], audience: [{AUD}], scopes: [accounts], sender_constraint: dpop,
+                require_dpop_nonce: {str(nonce).lower()}}}
       - id: payments
         match: {{path_prefix: /payments}}
         upstream: {upstream}

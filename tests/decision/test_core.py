@@ -190,6 +190,22 @@ async def test_a_client_sent_certificate_header_is_not_believed(
     v = await check(state, original("/payments", [("authorization", f"Bearer {token}"),
                                                   ("x-forwarded-client-cert", xfcc)]))
     assert not v.allowed and v.status == 401
+    assert 'gateway_front_proxy_cert_headers_dropped_total{header="x-forwarded-client-cert"} 1.0' in \
+        state.metrics.render().decode()
+
+
+async def test_dpop_nonce_challenge_and_retry(make_state: StateFactory, as_key: AsKey, k1: Signer) -> None:
+    """RFC 9449 §9: the denial carries DPoP-Nonce (for the proxy to relay); the retry with it passes."""
+    state = await make_state(dpop="nonce: {secrets: ['" + "n" * 40 + "']}", nonce=True)
+    token = as_key.token(jkt=k1.jkt)
+    first = await check(state, original(headers=dpop_headers(token, proof(k1, token, htu=ORIGIN + "/accounts"))))
+    assert not first.allowed and first.status == 401
+    assert 'error="use_dpop_nonce"' in (header(first, "WWW-Authenticate") or "")
+    nonce = header(first, "DPoP-Nonce")
+    assert nonce
+    again = await check(state, original(headers=dpop_headers(token, proof(k1, token, htu=ORIGIN + "/accounts",
+                                                                           nonce=nonce))))
+    assert again.allowed, (again.status, again.body)
 
 
 async def test_host_path_and_method_checks_are_the_proxys(state: GatewayState, as_key: AsKey, k1: Signer) -> None:
@@ -205,10 +221,30 @@ async def test_host_path_and_method_checks_are_the_proxys(state: GatewayState, a
     assert underscore.status == 400 and underscore.reason == "underscore_header_name"
     assert (await check(state, original("/open", method="TRACE"))).status == 405
     assert (await check(state, original("/open", scheme="ftp"))).status == 400
+    assert (await check(state, original("/open", scheme=""))).status == 400  # not guessed
     opened = await check(state, original("/open/x", [("Authorization", "Bearer x"), ("X-Auth-Subject", "a")]))
     assert opened.allowed and set(opened.upstream_remove) >= {"authorization", "x-auth-subject"}
     last_hop = await check(state, original("/open", [("Max-Forwards", "0")], method="OPTIONS"))
     assert not last_hop.allowed and last_hop.status == 204 and header(last_hop, "Allow")
+
+
+async def test_cors_preflight_is_answered_not_forwarded(pki: Pki, as_key: AsKey) -> None:
+    """The proxy answers a CORS preflight itself: so does a decision front (a denial-shaped 204)."""
+    text = decision_yaml(pki, as_key).replace(
+        "    auth: none\n", "    auth: none\n    cors: {allowed_origins: ['https://tpp.example']}\n", 1)
+    assert "cors:" in text
+    state = build_state(parse_config(text))
+    await state.start()
+    try:
+        pre = await check(state, original("/open/x", [("Origin", "https://tpp.example"),
+                                                      ("Access-Control-Request-Method", "GET")], method="OPTIONS"))
+        assert not pre.allowed and pre.status == 204
+        assert header(pre, "Access-Control-Allow-Origin") == "https://tpp.example"
+        other = await check(state, original("/open/x", [("Origin", "https://evil.example"),
+                                                        ("Access-Control-Request-Method", "GET")], method="OPTIONS"))
+        assert not other.allowed and other.status == 403
+    finally:
+        await state.close()
 
 
 async def test_dependency_down_is_a_503_denial_never_an_allow(

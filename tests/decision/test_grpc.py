@@ -7,10 +7,14 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
-from google.rpc import code_pb2
+from envoy.service.auth.v3 import (  # type: ignore[import-untyped]
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
+from google.rpc import code_pb2  # type: ignore[import-untyped]
 
 from gateway.model import b64url
 from gateway.server import GatewayServer
@@ -38,7 +42,7 @@ def check_request(path: str, headers: list[tuple[str, str]], *, cert: bytes | No
     ctx = attribute_context_pb2.AttributeContext
     http = ctx.HttpRequest(method=method, scheme="https", host=ORIGIN_HOST, path=path)
     if raw:  # Envoy's encode_raw_headers: true
-        from envoy.config.core.v3 import base_pb2
+        from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped]
 
         http.header_map.headers.extend(base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers)
     else:
@@ -170,3 +174,37 @@ async def test_decision_http_front_starts_beside_grpc(pki: Pki, as_key: AsKey) -
         assert server.decision.grpc_port != server.decision.http_port and server.decision.ready()
     finally:
         await server.stop()
+
+
+async def test_concurrent_checks_beyond_the_bound_are_refused(
+    gateway: GatewayFactory, stub_for: Any, pki: Pki, as_key: AsKey
+) -> None:
+    """max_concurrent: 1 and a check held inside the pipeline: a second one is RESOURCE_EXHAUSTED
+    (Envoy then refuses its client), never queued without bound nor allowed."""
+    import asyncio
+
+    dec = "decision: {enabled: true, grpc: {port: 0, max_concurrent: 1}}"
+    gw = await gateway(decision_yaml(pki, as_key, decision=dec), raw=True)
+    stub = await stub_for(gw)
+    entered, release = asyncio.Event(), asyncio.Event()
+    state = gw.holder.current
+    real = state.pipeline.decide
+
+    async def held(*a: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await real(*a)
+
+    state.pipeline.decide = held  # type: ignore[method-assign]
+    token = as_key.token(jkt="x" * 43)
+    async def call_first() -> Any:
+        return await stub.Check(check_request("/accounts", [("authorization", f"DPoP {token}")]), timeout=10)
+
+    first = asyncio.create_task(call_first())
+    await asyncio.wait_for(entered.wait(), 10)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Check(check_request("/open/x", []), timeout=5)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    release.set()
+    answered = await first
+    assert answered.denied_response.status.code == 401  # it went on (no proof): refused, not allowed

