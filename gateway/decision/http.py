@@ -281,7 +281,19 @@ class DecisionHttpHandler:
             self._last_warning = now
             log.warning("decision: check refused from untrusted caller %s (decision.http.trusted_peers)", remote)
 
+    def _refused(self, request: web.BaseRequest, front: Front, exc: GatewayError, fapi_id: str,
+                 started: float) -> web.Response:
+        """A check refused before the decision (caller, shape, body, load): answered in the
+        front's protocol and counted like every decision (``mode`` label, access log)."""
+        resp = _refusal(front, exc, fapi_id)
+        if exc.close_connection:
+            resp.force_close()
+        self.observer.finished(request, started=started, route_id=None, status=exc.status, reason=exc.reason,
+                               decision=None, interaction_id=fapi_id, mode=front.mode)
+        return resp
+
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
         fapi_id = interaction_id(request.headers)
         front = self._front(request)
         if front is None:
@@ -299,13 +311,10 @@ class DecisionHttpHandler:
                 raise BodyNotAllowedError("the check request must not carry a body")
             original = read_original(front, request)
         except GatewayError as exc:
-            resp = _refusal(front, exc, fapi_id)
-            if exc.close_connection:
-                resp.force_close()
-            return resp
+            return self._refused(request, front, exc, fapi_id, started)
         if self.slots.locked():
             # Beyond max_concurrent: shed at once rather than queue behind a slow AS.
-            return _refusal(front, BusyError("decision service busy"), fapi_id)
+            return self._refused(request, front, BusyError("decision service busy"), fapi_id, started)
         async with self.slots:
             verdict = await check(self.holder.current, original, self.observer)
         return render(front, verdict)

@@ -222,6 +222,11 @@ async def test_untrusted_caller_is_refused_not_ignored(nginx_gw: GatewayServer, 
         assert status == 403, (path, body)
         assert json.loads(body)["error"] == "untrusted_caller"
         assert not any(h in resp for h in IDENTITY)
+    # Counted, per front (what an operator alerts on: someone else is asking).
+    metrics = nginx_gw.metrics.render().decode()
+    for mode in ("auth_request", "forward_auth", "ext_authz_http"):
+        assert any(f'mode="{mode}"' in line and 'reason="untrusted_caller"' in line and line.endswith(" 1.0")
+                   for line in metrics.splitlines()), mode
 
 
 @pytest.fixture
