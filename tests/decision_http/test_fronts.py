@@ -120,6 +120,21 @@ async def test_traefik_denials_keep_their_status(traefik_gw: GatewayServer, as_k
     assert status == 400, body
 
 
+def test_traefik_format_for_the_proxys_front_proxy_too(pki: Pki) -> None:
+    """``format: traefik`` also serves ``client_certs.front_proxy`` (Traefik in front of the proxy)."""
+    from multidict import CIMultiDict
+
+    from gateway.config.mtls import FrontProxyConfig
+    from gateway.tls.front_proxy import FrontProxy
+
+    front = FrontProxy(FrontProxyConfig(format="traefik", trusted_cidrs=("127.0.0.1/32",)))
+    assert front.header == "X-Forwarded-Tls-Client-Cert"
+    for escaped in (False, True):
+        headers = CIMultiDictProxy(CIMultiDict({front.header: traefik_cert(pki.client_a, escaped=escaped)}))
+        facts = front.certificate(headers)
+        assert facts is not None and facts.peer.x5t_s256 == x5t(pki.client_a.der)
+
+
 def test_traefik_format_parser() -> None:
     ders = [b"\x30\x82\x01\x00first", b"\x30\x82\x01\x00second+/"]
     plain = ",".join(base64.b64encode(d).decode() for d in ders)
