@@ -218,7 +218,7 @@ class GatewayServer:
             from .decision.service import DecisionService
 
             self.decision = DecisionService(cfg.decision, self.holder, self.handler.observer,
-                                            reuse_port=bool(self.reuse_port))
+                                            reuse_port=bool(self.reuse_port), readiness=self.readiness)
             await self.decision.start()
             self.readiness.add_check("decision", self.decision.ready)
         self.readiness.listening = True

@@ -40,7 +40,10 @@ __all__ = (
 #   pem      PEM text (newlines folded to spaces/tabs, as ``$ssl_client_cert`` does)
 #   der_b64  base64 of the DER
 #   aws_alb  ``X-Amzn-Mtls-Clientcert``: url-encoded PEM, leaf first then the chain
-FrontProxyFormat = Literal["rfc9440", "xfcc", "nginx", "pem", "der_b64", "aws_alb"]
+#   traefik  ``X-Forwarded-Tls-Client-Cert`` (passTLSClientCert ``pem: true``): base64 DER per
+#            certificate (PEM without armour or newlines), comma-separated, leaf first;
+#            URL-escaped by Traefik 2, not by Traefik 3
+FrontProxyFormat = Literal["rfc9440", "xfcc", "nginx", "pem", "der_b64", "aws_alb", "traefik"]
 
 # How the verified certificate is sent upstream:
 #   xfcc       ``Hash=<hex sha256>;Cert="<url-encoded PEM>"``
@@ -56,6 +59,7 @@ _DEFAULT_FRONT_HEADER: dict[str, str] = {
     "pem": "X-SSL-Client-Cert",
     "der_b64": "X-Client-Cert",
     "aws_alb": "X-Amzn-Mtls-Clientcert",
+    "traefik": "X-Forwarded-Tls-Client-Cert",
 }
 
 # Headers that carry a client or user identity. Client-sent copies never reach the upstream.

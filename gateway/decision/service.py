@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from ..admin import Readiness
 from ..app import StateHolder
 from ..config.decision import DecisionConfig
 from ..observability.observer import Observer
@@ -31,7 +32,8 @@ class Front(Protocol):
 
 class DecisionService:
     def __init__(
-        self, cfg: DecisionConfig, holder: StateHolder, observer: Observer, *, reuse_port: bool = False
+        self, cfg: DecisionConfig, holder: StateHolder, observer: Observer, *, reuse_port: bool = False,
+        readiness: Readiness | None = None,
     ) -> None:
         self.cfg = cfg
         self.fronts: dict[str, Front] = {}
@@ -40,13 +42,20 @@ class DecisionService:
 
             self.fronts["grpc"] = GrpcFront(holder, observer, cfg, reuse_port=reuse_port)
         if cfg.http is not None:
-            # The HTTP fronts (Envoy ext_authz HTTP, nginx auth_request, Traefik forwardAuth) are
-            # built on this core in their own module; until then a configured one is refused at start.
-            raise RuntimeError("decision.http: the HTTP decision front is not available in this build")
+            # Envoy ext_authz HTTP mode, nginx auth_request, Traefik forwardAuth (decision/http.py);
+            # readiness: its /readyz answers what the admin port's does.
+            from .http import DecisionHttpFront
+
+            self.fronts["http"] = DecisionHttpFront(holder, observer, cfg, readiness=readiness, reuse_port=reuse_port)
 
     @property
     def grpc_port(self) -> int:
         front = self.fronts.get("grpc")
+        return front.port if front is not None else 0
+
+    @property
+    def http_port(self) -> int:
+        front = self.fronts.get("http")
         return front.port if front is not None else 0
 
     async def start(self) -> None:

@@ -2,8 +2,9 @@
 
 Formats: RFC 9440 §2 ``Client-Cert`` / ``Client-Cert-Chain`` (RFC 8941 §3.3.5 byte sequences),
 Envoy ``X-Forwarded-Client-Cert`` (``Hash=``, ``Cert=``, ``Chain=``), NGINX
-``$ssl_client_escaped_cert`` (url-encoded PEM), PEM with folded newlines, base64 DER and AWS ALB
-``X-Amzn-Mtls-Clientcert`` (url-encoded PEM, leaf first).
+``$ssl_client_escaped_cert`` (url-encoded PEM), PEM with folded newlines, base64 DER, AWS ALB
+``X-Amzn-Mtls-Clientcert`` (url-encoded PEM, leaf first) and Traefik ``passTLSClientCert``
+(``X-Forwarded-Tls-Client-Cert``: base64 DER list).
 
 RFC 8705 §6.5 leaves the proxy-to-gateway channel out of scope; RFC 9700 §4.13 requires that
 such headers be honoured only from the authenticated hop. So a header counts only when the peer
@@ -41,6 +42,7 @@ __all__ = (
     "parse_pem_certs",
     "parse_rfc9440",
     "parse_rfc9440_chain",
+    "parse_traefik",
     "parse_url_pem",
     "parse_xfcc",
 )
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
 _WS = re.compile(r"\s+")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_STD_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _MALFORMED = "malformed client certificate header"
 
 
@@ -79,6 +82,18 @@ def parse_url_pem(value: str) -> list[bytes]:
 
 def parse_der_b64(value: str) -> bytes:
     return _b64(value)
+
+
+def parse_traefik(value: str) -> list[bytes]:
+    """Traefik ``passTLSClientCert`` (``pem: true``): each certificate's PEM body without armour
+    or newlines (base64 DER), comma-separated, leaf first. Traefik 2 URL-escapes the value
+    (``url.QueryEscape``: ``+ / =`` as ``%2B %2F %3D``), Traefik 3 sends it as it is; both are read
+    (base64 holds no ``%``, and a ``+`` is base64's own, never an escaped space)."""
+    text = unquote(value, errors="strict") if "%" in value else value
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p or not _STD_B64.fullmatch(p) for p in parts):
+        raise ValueError("not a list of base64 certificates")
+    return [_b64(p) for p in parts]
 
 
 def _sf_binary(item: str) -> bytes:
@@ -274,6 +289,9 @@ class FrontProxy:
             elif self._format == "xfcc":
                 der, x5t, xchain = parse_xfcc(value)
                 chain = xchain or None
+            elif self._format == "traefik":
+                certs = parse_traefik(value)
+                der, chain = certs[0], (certs[1:] or None)
             elif self._format in ("nginx", "aws_alb"):
                 certs = parse_url_pem(value)
                 der, chain = certs[0], (certs[1:] or None)

@@ -160,14 +160,20 @@ async def test_mtls_decision_listener_pins_the_callers_certificate(
     assert nocert.value.code() == grpc.StatusCode.UNAVAILABLE  # the handshake itself is refused
 
 
-async def test_decision_http_is_refused_until_its_front_exists(pki: Pki, as_key: AsKey) -> None:
+async def test_decision_http_front_starts_beside_grpc(pki: Pki, as_key: AsKey) -> None:
+    """Both fronts listen (the HTTP one is gateway/decision/http.py, tested in tests/decision_http)."""
     from gateway.config import parse_config
 
-    cfg = parse_config(decision_yaml(pki, as_key, decision="decision: {enabled: true, http: {port: 0}}"))
+    both = "decision: {enabled: true, grpc: {port: 0}, http: {port: 0}}"
+    cfg = parse_config(decision_yaml(pki, as_key, decision=both))
     server = GatewayServer(cfg)
-    with pytest.raises(RuntimeError, match=r"decision\.http"):
-        await server.start()
-    await server.stop()
+    await server.start()
+    try:
+        assert server.decision is not None
+        assert server.decision.grpc_port and server.decision.http_port
+        assert server.decision.grpc_port != server.decision.http_port and server.decision.ready()
+    finally:
+        await server.stop()
 
 
 async def test_concurrent_checks_beyond_the_bound_are_refused(

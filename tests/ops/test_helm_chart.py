@@ -347,3 +347,62 @@ def test_admin_token_from_a_secret_enables_the_revocation_api() -> None:
     off = render(CHART)
     assert "token" not in gateway_yaml(off)["admin"]
     assert "GATEWAY_ADMIN_TOKEN" not in env_of(gateway_container(one(off, "Deployment")["spec"]["template"]["spec"]))
+
+
+# --- issue #15: decision mode (Envoy/Istio ext_authz, nginx auth_request, Traefik forwardAuth) ---
+
+EDGE = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}
+DECISION: dict[str, Any] = {"mode": "decision", "tls": {"enabled": False}, "decision": {"proxyFrom": [EDGE]}}
+
+
+def test_decision_mode_renders_the_decision_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Deployment + Service exposing only the two decision ports (gRPC and HTTP), readiness on the
+    decision listener, the NetworkPolicy admitting the proxies there; the gateway's own proxy
+    listener on loopback; the config is one the gateway accepts."""
+    docs = render(CHART, DECISION)
+    validate_all(docs)
+    assert sorted(d["kind"] for d in docs) == [
+        "ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Service", "ServiceAccount",
+    ]
+    c = gateway_container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"admin": 9090, "decision-grpc": 9001,
+                                                                   "decision-http": 9002}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "decision-http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    svc = one(docs, "Service")
+    assert {p["name"]: (p["port"], p["targetPort"], p["appProtocol"]) for p in svc["spec"]["ports"]} == {
+        "decision-grpc": (9001, "decision-grpc", "grpc"), "decision-http": (9002, "decision-http", "http")}
+    np = one(docs, "NetworkPolicy")
+    rule = np["spec"]["ingress"][0]
+    assert [p["port"] for p in rule["ports"]] == ["decision-grpc", "decision-http"]
+    assert rule["from"] == [EDGE]
+    cfg = gateway_yaml(docs)
+    assert cfg["listen"]["host"] == "127.0.0.1"
+    assert cfg["decision"] == {"grpc": {"host": "0.0.0.0", "port": 9001}, "http": {"host": "0.0.0.0", "port": 9002}}
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    monkeypatch.setenv("GATEWAY_DPOP_NONCE_SECRET", "n" * 48)
+    text = one(docs, "ConfigMap")["data"]["gateway.yaml"]
+    # The operator names the proxies' addresses (pod CIDR) and switches the service on.
+    user = {**DECISION, "config": {**yaml.safe_load(text), "decision": {
+        "enabled": True, "grpc": {"trusted_peers": ["10.0.0.0/16"]}, "http": {"trusted_peers": ["10.0.0.0/16"]}}}}
+    parsed = parse_config(one(render(CHART, user), "ConfigMap")["data"]["gateway.yaml"])
+    assert parsed.decision.enabled and parsed.decision.http is not None and parsed.decision.http.port == 9002
+    assert parsed.decision.grpc is not None and parsed.decision.grpc.port == 9001
+    assert parsed.decision.http.trusted_peers == ("10.0.0.0/16",)
+
+
+def test_decision_mode_needs_the_proxies_named() -> None:
+    """An open decision port would let anything on the pod network ask; the chart refuses to
+    render decision mode without decision.proxyFrom (while the NetworkPolicy is on)."""
+    with pytest.raises(helm.HelmError) as err:
+        render(CHART, {"mode": "decision", "tls": {"enabled": False}})
+    assert "decision.proxyFrom" in str(err.value)
+
+
+def test_decision_mode_replicas_need_redis() -> None:
+    with pytest.raises(helm.HelmError) as err:
+        render(CHART, {**DECISION, "replicaCount": 2})
+    assert "replay" in str(err.value)
+    docs = render(CHART, {**DECISION, "replicaCount": 2, **REDIS})
+    validate_all(docs)
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1

@@ -105,12 +105,14 @@ app.kubernetes.io/component: gateway
 
 {{/* The gateway YAML: the user's config with the chart-owned keys filled in. -------------- */}}
 {{- define "fapi-gateway.gatewayConfig" -}}
-{{- if not (has .Values.mode (list "standalone" "sidecar")) }}
-{{- fail (printf "mode must be standalone or sidecar, not %q" .Values.mode) }}
+{{- if not (has .Values.mode (list "standalone" "sidecar" "decision")) }}
+{{- fail (printf "mode must be standalone, sidecar or decision, not %q" .Values.mode) }}
 {{- end }}
 {{- include "fapi-gateway.checkReplayStore" . }}
 {{- $cfg := deepCopy (.Values.config | default dict) }}
-{{- $listen := dict "host" "0.0.0.0" "port" (int .Values.ports.https) }}
+{{- /* decision: the proxies (Envoy/Istio, nginx, Traefik) forward, the gateway only decides;
+       its own proxy listener stays on loopback, reachable by nothing outside the pod. */}}
+{{- $listen := dict "host" (ternary "127.0.0.1" "0.0.0.0" (eq .Values.mode "decision")) "port" (int .Values.ports.https) }}
 {{- if .Values.tls.enabled }}
 {{- $tls := dict "cert" "/etc/gateway/tls/tls.crt" "key" "/etc/gateway/tls/tls.key" "client_auth" .Values.tls.clientAuth "profile" .Values.tls.profile }}
 {{- if .Values.tls.clientCA.secretName }}
@@ -132,6 +134,12 @@ app.kubernetes.io/component: gateway
 {{- $ups := $cfg.upstreams | default dict }}
 {{- $_ := set $ups "app" (merge (dict "url" (printf "http://127.0.0.1:%d" (int .Values.sidecar.appPort))) ($ups.app | default dict)) }}
 {{- $_ := set $cfg "upstreams" $ups }}
+{{- end }}
+{{- if eq .Values.mode "decision" }}
+{{- $d := $cfg.decision | default dict }}
+{{- $_ := set $d "grpc" (merge (dict "host" "0.0.0.0" "port" (int .Values.ports.decisionGrpc)) ($d.grpc | default dict)) }}
+{{- $_ := set $d "http" (merge (dict "host" "0.0.0.0" "port" (int .Values.ports.decisionHttp)) ($d.http | default dict)) }}
+{{- $_ := set $cfg "decision" $d }}
 {{- end }}
 {{- $life := $cfg.lifecycle | default dict }}
 {{- $_ := set $life "workers" (int .Values.workers) }}
@@ -221,12 +229,22 @@ app.kubernetes.io/component: gateway
     {{- toYaml . | nindent 4 }}
     {{- end }}
   ports:
+    {{- if ne .Values.mode "decision" }}
     - name: https
       containerPort: {{ .Values.ports.https }}
       protocol: TCP
+    {{- end }}
     - name: admin
       containerPort: {{ .Values.ports.admin }}
       protocol: TCP
+    {{- if eq .Values.mode "decision" }}
+    - name: decision-grpc
+      containerPort: {{ .Values.ports.decisionGrpc }}
+      protocol: TCP
+    - name: decision-http
+      containerPort: {{ .Values.ports.decisionHttp }}
+      protocol: TCP
+    {{- end }}
   startupProbe:
     httpGet: {path: /healthz, port: admin}
     {{- toYaml .Values.probes.startup | nindent 4 }}
@@ -234,7 +252,12 @@ app.kubernetes.io/component: gateway
     httpGet: {path: /healthz, port: admin}
     {{- toYaml .Values.probes.liveness | nindent 4 }}
   readinessProbe:
+    {{- if eq .Values.mode "decision" }}
+    # On the decision listener itself: ready only when the proxies can get an answer there.
+    httpGet: {path: /readyz, port: decision-http}
+    {{- else }}
     httpGet: {path: /readyz, port: admin}
+    {{- end }}
     {{- toYaml .Values.probes.readiness | nindent 4 }}
   securityContext:
     {{- toYaml .Values.securityContext | nindent 4 }}
