@@ -187,7 +187,6 @@ class GatewayState:
             body=BodyDeadlines(limits.body_timeout_s, limits.body_min_rate_bytes_s), on_stall=metrics.connection_closed
         )
         listen = cfg.listen
-        self.scheme = "https" if listen.tls is not None else "http"
         self.origin = listen.external_origin
         self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in listen.trusted_proxies)
         # Without a configured external origin the URL a client signed (DPoP htu) is rebuilt from
