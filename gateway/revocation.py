@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .bind.redis_py import redis_py_client
 from .config import GatewayConfig
 from .config.dpop import RedisReplayConfig
 from .tasks import stop_tasks
@@ -65,25 +66,7 @@ def _split(raw: bytes) -> tuple[str, str] | None:
 
 
 def _redis_client(cfg: RedisReplayConfig) -> Any:
-    from redis.asyncio import Redis, RedisCluster
-    from redis.asyncio.sentinel import Sentinel
-
-    common: dict[str, Any] = {"socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s}
-    # The same credentials as the replay store (a password in the URL wins, as there).
-    if cfg.password is not None:
-        common["password"] = cfg.password.get_secret_value()
-    if cfg.mode == "cluster":
-        return RedisCluster.from_url(cfg.url, **common)
-    if cfg.mode == "sentinel":
-        hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-        sentinel_kwargs: dict[str, Any] = {
-            "socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s,
-        }
-        if cfg.sentinel_password is not None:
-            sentinel_kwargs["password"] = cfg.sentinel_password.get_secret_value()
-        return Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **common).master_for(
-            cfg.service_name or "", max_connections=4)
-    return Redis.from_url(cfg.url, max_connections=4, **common)
+    return redis_py_client(cfg, max_connections=4)  # the replay store's Redis and credentials
 
 
 @dataclass(frozen=True, slots=True)

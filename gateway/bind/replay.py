@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from ..config.dpop import RedisReplayConfig
 from ..errors import ReplayStoreUnavailableError
 from .redis_client import PipelinedRedis, RedisUnavailableError, pack_command
+from .redis_py import redis_py_client
 
 __all__ = ("MemoryReplayStore", "RedisReplayStore", "ReplayStore", "replay_key")
 
@@ -189,34 +190,10 @@ class RedisReplayStore:
         )
 
     def _connect_redis_py(self) -> Any:
-        try:
-            from redis.asyncio import RedisCluster
-            from redis.asyncio.retry import Retry
-            from redis.asyncio.sentinel import Sentinel
-            from redis.backoff import NoBackoff
-        except ImportError as exc:  # pragma: no cover - redis is a declared dependency of this backend
-            raise RuntimeError("dpop.replay.backend: redis needs the 'redis' package") from exc
-        cfg = self._cfg
-        common: dict[str, Any] = {
-            "socket_connect_timeout": cfg.connect_timeout_s,
-            "socket_timeout": cfg.timeout_s,
-            # One immediate retry: a pooled connection may be dead after a Redis restart, and the
-            # retry reconnects. A SET NX whose reply was lost and is retried reads as a replay:
-            # that refuses a request, it never lets one through.
-            "retry": Retry(NoBackoff(), 1),
-        }
-        if cfg.password is not None:
-            common["password"] = cfg.password.get_secret_value()
-        if cfg.mode == "cluster":
-            return RedisCluster.from_url(cfg.url, **common)
-        hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-        sentinel_kwargs: dict[str, Any] = {
-            "socket_connect_timeout": cfg.connect_timeout_s, "socket_timeout": cfg.timeout_s,
-        }
-        if cfg.sentinel_password is not None:
-            sentinel_kwargs["password"] = cfg.sentinel_password.get_secret_value()
-        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **common)
-        return sentinel.master_for(cfg.service_name or "", max_connections=cfg.max_connections)
+        # One immediate retry: a pooled connection may be dead after a Redis restart, and the
+        # retry reconnects. A SET NX whose reply was lost and is retried reads as a replay: that
+        # refuses a request, it never lets one through.
+        return redis_py_client(self._cfg, max_connections=self._cfg.max_connections, retry_once=True)
 
     def _open(self) -> None:
         if self._cfg.mode == "standalone":

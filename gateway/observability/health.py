@@ -14,6 +14,7 @@ import contextlib
 import logging
 from typing import Any
 
+from ..bind.redis_py import redis_py_client
 from ..config.dpop import RedisReplayConfig
 from ..tasks import stop_tasks
 
@@ -41,26 +42,7 @@ class RedisProbe:
         self.ok = False
 
     def _connect(self) -> Any:
-        from redis.asyncio import Redis, RedisCluster
-        from redis.asyncio.sentinel import Sentinel
-
-        cfg = self._cfg
-        common: dict[str, Any] = {
-            "socket_connect_timeout": cfg.connect_timeout_s,
-            "socket_timeout": cfg.timeout_s,
-        }
-        sentinel_kwargs = dict(common)
-        if cfg.password is not None:  # the same credentials as the replay store itself
-            common["password"] = cfg.password.get_secret_value()
-        if cfg.sentinel_password is not None:
-            sentinel_kwargs["password"] = cfg.sentinel_password.get_secret_value()
-        if cfg.mode == "cluster":
-            return RedisCluster.from_url(cfg.url, **common)
-        if cfg.mode == "sentinel":
-            hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in cfg.sentinels]
-            sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **common)
-            return sentinel.master_for(cfg.service_name or "", max_connections=2)
-        return Redis.from_url(cfg.url, max_connections=2, **common)
+        return redis_py_client(self._cfg, max_connections=2)  # the replay store's credentials
 
     async def check(self) -> bool:
         try:
