@@ -30,6 +30,7 @@ import argparse
 import atexit
 import concurrent.futures
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -318,8 +319,9 @@ def step_load(port: int, ca: str, clients: tuple[Path, Path], args: argparse.Nam
     return {"steps": steps, "capacity_rps": cap}
 
 
-def sample(supervisor: int, workers: list[int], redis_port: int) -> dict[str, Any]:
+def sample(supervisor: int, workers: list[int], redis_port: int, loadgen_pid: int) -> dict[str, Any]:
     return {"workers": [proc_sample(w) for w in workers], "supervisor": proc_sample(supervisor),
+            "loadgen": proc_sample(loadgen_pid),
             "new_workers": [w for w in gateway_workers(supervisor) if w not in workers],
             "redis_keys": redis_keys(redis_port), "loadavg": Path("/proc/loadavg").read_text().split()[0]}
 
@@ -343,7 +345,8 @@ def soak(port: int, ca: str, clients: tuple[Path, Path], args: argparse.Namespac
         time.sleep(max(0.0, next_t - time.monotonic()))
         busy = machine_busy()
         cores = os.cpu_count() or 1
-        s = {**sample(gw.pid, workers, redis_port), "t_s": round(time.monotonic() - t_start, 1),
+        s = {**sample(gw.pid, workers, redis_port, p.pid), "t_s": round(time.monotonic() - t_start, 1),
+             "under_load": p.poll() is None,
              "machine_busy_cores": round((busy[0] - prev_busy[0]) / max(1e-9, busy[1] - prev_busy[1]) * cores, 2)}
         prev_busy = busy
         samples.append(s)
@@ -357,8 +360,9 @@ def soak(port: int, ca: str, clients: tuple[Path, Path], args: argparse.Namespac
     drain.join(timeout=5)
     if p.returncode != 0:
         raise SystemExit(f"load generator failed: {b''.join(err_chunks).decode(errors='replace')[-400:]}")
-    samples.append({**sample(gw.pid, workers, redis_port), "t_s": round(time.monotonic() - t_start, 1),
-                    "machine_busy_cores": None})
+    # After the load: shown, not used for the drift (the clients' connections are closed by then).
+    samples.append({**sample(gw.pid, workers, redis_port, p.pid), "t_s": round(time.monotonic() - t_start, 1),
+                    "under_load": False, "machine_busy_cores": None})
     return {"windows": read_windows(out), "samples": samples, "rate": rate, "seconds": seconds,
             "workers": workers}
 
@@ -367,8 +371,21 @@ def soak(port: int, ca: str, clients: tuple[Path, Path], args: argparse.Namespac
 
 def analyse(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     ws, samples, seconds = res["windows"], res["samples"], res["seconds"]
-    period = 60.0 if seconds >= 300 else max(args.window, seconds / 4)
+    period = 60.0 if seconds >= 300 else args.window * max(1, round(seconds / 4 / args.window))
     warm = min(120.0, 0.2 * seconds)
+    # CPU (cores) of the gateway workers and of the load generator since the previous sample.
+    for prev, cur in itertools.pairwise(samples):
+        dt = max(1e-9, cur["t_s"] - prev["t_s"]) * 100  # USER_HZ ticks
+        if cur.get("machine_busy_cores") is None:
+            continue
+        cur["gateway_cores"] = round(sum(c["cpu_ticks"] - b["cpu_ticks"]
+                                         for b, c in zip(prev["workers"], cur["workers"], strict=True)) / dt, 2)
+        cur["loadgen_cores"] = round((cur["loadgen"]["cpu_ticks"] - prev["loadgen"]["cpu_ticks"]) / dt, 2)
+
+    def mean_of(group: list[dict[str, Any]], key: str) -> float | None:
+        vals = [g[key] for g in group if g.get(key) is not None]
+        return statistics.mean(vals) if vals else None
+
     periods: list[dict[str, Any]] = []
     for k in range(math.ceil(seconds / period)):
         pw = [w for w in ws if k * period <= w["t1_s"] - 1e-6 < (k + 1) * period
@@ -377,7 +394,8 @@ def analyse(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             continue
         t = totals(pw)
         span = pw[-1]["t1_s"] - pw[0]["t0_s"]
-        sm = [s for s in samples if k * period <= s["t_s"] < (k + 1) * period + args.window / 2]
+        # Samples and windows run on clocks started about together: allow 2 s of skew.
+        sm = [s for s in samples if k * period + 2 < s["t_s"] <= (k + 1) * period + 2 and s["under_load"]]
         last = sm[-1] if sm else None
         periods.append({
             "t0_s": k * period, "t1_s": pw[-1]["t1_s"], "rps": t["done"] / max(1e-9, span),
@@ -389,12 +407,13 @@ def analyse(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "rss_mb": [round(w["rss_kb"] / 1024, 1) for w in last["workers"]] if last else [],
             "fds": [w["fds"] for w in last["workers"]] if last else [],
             "redis_keys": last["redis_keys"] if last else None,
-            "machine_cores": statistics.mean(s["machine_busy_cores"] for s in sm if s["machine_busy_cores"] is not None)
-            if any(s["machine_busy_cores"] is not None for s in sm) else None,
+            "machine_cores": mean_of(sm, "machine_busy_cores"), "gateway_cores": mean_of(sm, "gateway_cores"),
+            "loadgen_cores": mean_of(sm, "loadgen_cores"),
         })
     # Start: the samples of the first period after warm-up; end: those of the last period. Their
     # medians, per worker: one sample can catch a burst of upstream connections being opened.
-    stable = [s for s in samples if s["t_s"] >= warm] or samples
+    loaded = [s for s in samples if s["under_load"]] or samples
+    stable = [s for s in loaded if s["t_s"] >= warm] or loaded
     t_first = stable[0]["t_s"]
     first_p = [s for s in stable if s["t_s"] < t_first + period] or stable[:1]
     last_p = [s for s in stable if s["t_s"] > stable[-1]["t_s"] - period] or stable[-1:]
@@ -455,16 +474,19 @@ def render(meta: dict[str, Any], cap: dict[str, Any] | None, a: dict[str, Any]) 
         lines += [f"Soak rate (given): {meta['rate']:.0f} req/s.", ""]
     t = a["totals"]
     lines += [f"Per {a['period_s']:.0f} s (warm-up: first {a['warmup_s']:.0f} s; RSS/FDs: sample at the period's end, "
-              "worker 1 / worker 2; machine: busy cores of 2, everything on it):", "",
+              "worker 1 / worker 2; CPU in cores of the machine's 2: gateway workers / load generator / "
+              "whole machine):", "",
               "| t (s) | req/s | DPoP 200 | mTLS 200 | replays (accepted) | 5xx | err | p50 ms | p99 ms | max ms "
-              "| RSS MB | FDs | replay keys | machine |",
+              "| RSS MB | FDs | replay keys | CPU gw / lg / all |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for p in a["periods"]:
-        mc = f"{p['machine_cores']:.2f}" if p["machine_cores"] is not None else "-"
+        mc = " / ".join(f"{p[k]:.2f}" if p[k] is not None else "-"
+                        for k in ("gateway_cores", "loadgen_cores", "machine_cores"))
         lines.append(f"| {p['t0_s']:.0f} | {p['rps']:.0f} | {p['dpop_200']} | {p['mtls_200']} | {p['replays']} "
                      f"({p['replays_accepted']}) | {p['5xx']} | {p['errors']} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} "
-                     f"| {p['max_ms']:.0f} | {' / '.join(map(str, p['rss_mb']))} | {' / '.join(map(str, p['fds']))} "
-                     f"| {p['redis_keys']} | {mc} |")
+                     f"| {p['max_ms']:.0f} | {' / '.join(map(str, p['rss_mb'])) or '-'} "
+                     f"| {' / '.join(map(str, p['fds'])) or '-'} "
+                     f"| {p['redis_keys'] if p['redis_keys'] is not None else '-'} | {mc} |")
     st, en = a["start"], a["end"]
     rss = "; ".join(f"worker {i + 1}: {x / 1024:.1f} -> {y / 1024:.1f} ({d:+.1f} %)"
                     for i, (x, y, d) in enumerate(zip(st["rss_kb"], en["rss_kb"], a["rss_drift_pct"], strict=True)))
@@ -491,6 +513,7 @@ def render(meta: dict[str, Any], cap: dict[str, Any] | None, a: dict[str, Any]) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0, help="soak duration")
     ap.add_argument("--rate", type=float, default=0.0, help="soak at this rate (req/s) and skip the capacity step")
@@ -506,9 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--window", type=float, default=10.0, help="sampling window (s)")
     ap.add_argument("--drift", type=float, default=10.0, help="allowed RSS/FD drift (%%)")
-    ap.add_argument("--json", type=Path, default=OUT / "soak.json", help="raw results")
-    ap.add_argument("--report", type=Path, default=OUT / "report.md", help="markdown summary")
+    ap.add_argument("--out-dir", type=Path, default=BENCH / "out" / "soak30",
+                    help="work files, logs, results (one run at a time each)")
+    ap.add_argument("--json", type=Path, default=None, help="raw results (default: OUT-DIR/soak.json)")
+    ap.add_argument("--report", type=Path, default=None, help="markdown summary (default: OUT-DIR/report.md)")
     args = ap.parse_args(argv)
+    OUT = args.out_dir.resolve()
+    args.json = args.json or OUT / "soak.json"
+    args.report = args.report or OUT / "report.md"
     OUT.mkdir(parents=True, exist_ok=True)
     lock = (OUT / ".lock").open("w")
     try:
