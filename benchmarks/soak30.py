@@ -45,7 +45,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .servers import _NGINX_HEAD, BENCH, BODY, ROOT, Proc, free_port, start, start_nginx, stop_all, wait_port
+from .servers import (
+    _NGINX_HEAD,
+    BENCH,
+    BODY,
+    ROOT,
+    Proc,
+    free_port,
+    python,
+    start,
+    start_nginx,
+    stop_all,
+    wait_port,
+)
 
 OUT = BENCH / "out" / "soak30"
 LOADGEN = BENCH / "out" / "loadgen"
@@ -148,15 +160,17 @@ def mint(auth: Any, n_dpop: int, n_mtls: int) -> tuple[Path, Path]:
 def start_gateway(auth: Any, up_port: int, redis_port: int, workers: int) -> tuple[Proc, int]:
     from tests.interop.interop_as import RS_JWT
 
-    gw = ROOT / ".venv" / "bin" / "gateway"
     port, admin = free_port(), free_port()
     cert, key = auth.pki.server_files("gateway-soak", "127.0.0.1")
     env = {
         "SOAK_PORT": str(port), "SOAK_ADMIN_PORT": str(admin), "SOAK_CERT": str(cert), "SOAK_KEY": str(key),
         "SOAK_CA": str(auth.pki.ca_path), "SOAK_UPSTREAM": f"http://127.0.0.1:{up_port}",
         "SOAK_ISSUER": auth.issuer, "SOAK_AUDIENCE": RS_JWT, "SOAK_REDIS_PORT": str(redis_port),
+        # This checkout's gateway package (the venv's editable install may point at another one);
+        # spawned workers inherit the parent's sys.path.
+        "PYTHONPATH": str(ROOT),
     }
-    proc = start("gateway-soak", [str(gw), "run", "--config", str(BENCH / "gateway" / "soak.yaml"),
+    proc = start("gateway-soak", [python(), "-m", "gateway", "run", "--config", str(BENCH / "gateway" / "soak.yaml"),
                                   "--workers", str(workers)], OUT / "gateway.log", env=env)
     why = wait_port(port, proc)
     if why:
@@ -533,10 +547,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="work files, logs, results (one run at a time each)")
     ap.add_argument("--json", type=Path, default=None, help="raw results (default: OUT-DIR/soak.json)")
     ap.add_argument("--report", type=Path, default=None, help="markdown summary (default: OUT-DIR/report.md)")
+    ap.add_argument("--reanalyse", type=Path, default=None,
+                    help="only re-render the report from a run's raw results (its --json file)")
     args = ap.parse_args(argv)
     OUT = args.out_dir.resolve()
     args.json = args.json or OUT / "soak.json"
     args.report = args.report or OUT / "report.md"
+    if args.reanalyse:
+        data = json.loads(args.reanalyse.read_text())
+        run_args = argparse.Namespace(**{**vars(args), **{k: data["meta"]["args"][k]
+                                                          for k in ("window", "drift", "replay_share")}})
+        text = render(data["meta"], data["capacity"], analyse(data["soak"], run_args))
+        args.report.write_text(text)
+        print(text)
+        return 0
     OUT.mkdir(parents=True, exist_ok=True)
     lock = (OUT / ".lock").open("w")
     try:
