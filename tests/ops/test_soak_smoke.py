@@ -64,6 +64,7 @@ def test_soak_smoke_invariants(tmp_path: Path) -> None:
     assert t["replays"] > 0, "no replayed proof was sent"
     assert t["replays_accepted"] == 0
     assert t["replays_refused_401"] == t["replays"]
+    assert a["conditions"]["achieved >= 95 % of the target rate"], a["periods"]
     assert len(data["soak"]["workers"]) == 2
     assert data["meta"]["dpop_clients"] >= 50
     assert all(abs(d) <= 10 for d in a["rss_drift_pct"] + a["fd_drift_pct"]), (a["rss_drift_pct"], a["fd_drift_pct"])
