@@ -63,6 +63,7 @@ OUT = BENCH / "out" / "soak30"
 LOADGEN = BENCH / "out" / "loadgen"
 DPOP_PATH, MTLS_PATH = "/dpop/accounts", "/mtls/accounts"
 SCOPE = "accounts:read"
+LOADGENS: list[subprocess.Popen[bytes]] = []
 
 
 # --- the parts --------------------------------------------------------------------------------
@@ -248,7 +249,20 @@ def loadgen(port: int, ca: str, clients: tuple[Path, Path], args: argparse.Names
             "-window", f"{args.window}s", "-out", str(out)]
     # One OS thread: the load generator stays on at most one of the shared cores.
     env = {**os.environ, "GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")}
-    return subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    p = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    LOADGENS.append(p)
+    return p
+
+
+def stop_loadgens() -> None:
+    """An interrupted run must not leave its load generator sending for the rest of --minutes."""
+    for p in LOADGENS:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def read_windows(path: Path) -> list[dict[str, Any]]:
@@ -578,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         print("another soak is running (benchmarks/out/soak30/.lock)", file=sys.stderr)
         return 3
     atexit.register(stop_all)
+    atexit.register(stop_loadgens)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(130))
     started = time.time()
