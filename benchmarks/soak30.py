@@ -415,9 +415,10 @@ def analyse(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         return statistics.mean(vals) if vals else None
 
     periods: list[dict[str, Any]] = []
-    for k in range(math.ceil(seconds / period)):
-        pw = [w for w in ws if k * period <= w["t1_s"] - 1e-6 < (k + 1) * period
-              or (w.get("final") and k == math.ceil(seconds / period) - 1 and w["t1_s"] >= k * period)]
+    n_periods = math.ceil(seconds / period)
+    for k in range(n_periods):
+        # A window belongs to the period it starts in; the short final one to the last period.
+        pw = [w for w in ws if min(int(w["t0_s"] // period), n_periods - 1) == k]
         if not pw:
             continue
         t = totals(pw)
