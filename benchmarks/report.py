@@ -307,6 +307,12 @@ def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: ar
                              "fills the caches and the replay window).")
     else:
         lines.append("Not run in this invocation (`--soak-valid 1000000 --soak-garbage 100000`).")
+    lines += ["", "## 30-minute soak (issue 14)", ""]
+    # Not part of this run (python -m benchmarks.soak30); its summary line is kept in SOAK.md.
+    soak_md = BENCH / "SOAK.md"
+    result = [ln for ln in soak_md.read_text().splitlines() if ln.startswith("Result:")] if soak_md.exists() else []
+    lines.append((result[0] + " Details: `benchmarks/SOAK.md`.") if result
+                 else "Not run: `python -m benchmarks.soak30 --minutes 30` (see `benchmarks/SOAK.md`).")
     micro = BENCH / "out" / "micro.md"
     lines += ["", "## Micro-benchmarks", ""]
     if micro.exists():

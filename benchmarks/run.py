@@ -52,7 +52,7 @@ SCENARIOS = (("c16-hot", 16, "hot"), ("c64-hot", 64, "hot"), ("c64-many", 64, "m
 def build_loadgen() -> str | None:
     go = shutil.which("go")
     src = BENCH / "loadgen"
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime > (src / "main.go").stat().st_mtime:
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime > max(f.stat().st_mtime for f in src.glob("*.go")):
         return None
     if go is None:
         return "go not installed (run benchmarks/run.sh, which installs golang-go)"

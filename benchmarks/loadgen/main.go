@@ -364,6 +364,10 @@ func run(client *http.Client, method, url string, reqs []reqHeaders, c int, limi
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "soak" {
+		soakMain(os.Args[2:])
+		return
+	}
 	url := flag.String("url", "", "target URL (no query)")
 	method := flag.String("method", "GET", "HTTP method")
 	conc := flag.Int("c", 16, "concurrency (= keep-alive connections)")
