@@ -3,17 +3,26 @@ committed as found; each failed (an exception other than the documented refusal)
 
 from __future__ import annotations
 
+import base64
 import json
 import textwrap
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from benchmarks.fuzz.keys import ed_jwk
 from gateway.config.loader import parse_config
-from gateway.errors import ConfigError, InvalidTokenError
+from gateway.config.mtls import FrontProxyConfig
+from gateway.errors import ConfigError, InvalidRequestError, InvalidTokenError
+from gateway.tls.front_proxy import FrontProxy
 from gateway.verify.claims import to_verified_token
 from gateway.verify.jose import loads_strict
 from gateway.verify.jwks import parse_jwks
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # --- JWKS: a non-string kty (unhashable) raised TypeError out of the key loader (a 500 on the
 # request that triggered the refresh). Found by benchmarks.fuzz.jwks, minimized input:
@@ -92,3 +101,38 @@ def test_bad_yaml_from_an_environment_default_is_a_config_error() -> None:
 
 def test_regression_inputs_are_kept_as_valid_json() -> None:
     json.loads(JWKS_UNHASHABLE_KTY)  # the committed crash input is what the fuzzer produced
+
+
+# --- Front-proxy certificate headers: a certificate whose version field is not v1-v3 raised
+# cryptography's InvalidVersion (not a ValueError) out of the header parser: a 500 for a header a
+# trusted proxy forwarded. Found by benchmarks.fuzz.front_proxy (der_b64 format; one bit flipped
+# in the version of certs/dev/client-a.pem). The crash input as found, without its format byte:
+FRONT_PROXY_INVALID_VERSION = (Path(__file__).parent / "crashes" / "front_proxy-invalid-version.txt").read_text()
+
+
+def _certificate_header(fmt: str, value: str) -> Any:
+    proxy = FrontProxy(FrontProxyConfig.model_validate({"format": fmt, "trusted_cidrs": ["10.0.0.0/8"]}))
+    return proxy.certificate(CIMultiDictProxy(CIMultiDict({proxy.header: value})))
+
+
+def test_found_front_proxy_input_is_a_400() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        _certificate_header("der_b64", FRONT_PROXY_INVALID_VERSION)
+    assert info.value.status == 400 and info.value.reason == "client_cert_header_malformed"
+
+
+@pytest.mark.parametrize("fmt", ["rfc9440", "xfcc", "nginx", "pem", "der_b64", "aws_alb"])
+def test_unparseable_certificate_versions_are_a_400_in_every_format(fmt: str) -> None:
+    pem = (ROOT / "certs" / "dev" / "client-a.pem").read_text()
+    der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
+    assert b"\xa0\x03\x02\x01\x02" in der  # [0] EXPLICIT INTEGER 2 (v3)
+    bad = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x03", 1)  # "v4"
+    b64 = base64.b64encode(bad).decode()
+    bad_pem = "-----BEGIN CERTIFICATE-----\n" + b64 + "\n-----END CERTIFICATE-----\n"
+    value = {
+        "rfc9440": f":{b64}:", "xfcc": f'Cert="{quote(bad_pem)}"', "nginx": quote(bad_pem),
+        "pem": bad_pem.replace("\n", " "), "der_b64": b64, "aws_alb": quote(bad_pem, safe=""),
+    }[fmt]
+    with pytest.raises(InvalidRequestError) as info:
+        _certificate_header(fmt, value)
+    assert info.value.status == 400
