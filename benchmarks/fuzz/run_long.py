@@ -40,6 +40,7 @@ class Result:
     crashed: bool = False
     rc: int = 0
     capped: bool = False
+    slowest_s: int = 0
 
     @property
     def rate(self) -> int:
@@ -62,6 +63,8 @@ def parse_log(target: str, text: str, rc: int) -> Result:
     cov = re.findall(r"cov: (\d+) ft: (\d+)", text)
     if cov:
         res.cov, res.ft = int(cov[-1][0]), int(cov[-1][1])
+    slowest = re.findall(r"stat::slowest_unit_time_sec:\s*(\d+)", text)
+    res.slowest_s = int(slowest[-1]) if slowest else 0
     res.crashed = rc != 0 or "ERROR: libFuzzer" in text or "Uncaught Python exception" in text
     return res
 
@@ -87,13 +90,13 @@ def run_target(target: str, runs: int, deadline: dt.datetime | None, nice: int) 
 
 def table(results: list[Result], runs: int) -> str:
     lines = [
-        "| target | inputs | of | seconds | exec/s | cov | ft | crashes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| target | inputs | of | seconds | exec/s | cov | ft | slowest input (s) | crashes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         cut = " (cut by the deadline)" if r.capped else ""
         lines.append(f"| {r.target} | {r.runs:,} | {runs:,}{cut} | {r.seconds} | {r.rate:,} | {r.cov} | {r.ft} "
-                     f"| {'CRASH (see log)' if r.crashed else 'none'} |")
+                     f"| {r.slowest_s} | {'CRASH (see log)' if r.crashed else 'none'} |")
     return "\n".join(lines)
 
 
@@ -103,6 +106,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--deadline-utc", help="HH:MM today (UTC): no target runs past it")
+    ap.add_argument("--summarize", action="store_true", help="only re-read the logs of a finished run")
     ap.add_argument("targets", nargs="*", default=list(ORDER))
     args = ap.parse_args()
     unknown = set(args.targets) - set(TARGETS)
@@ -113,6 +117,13 @@ def main() -> int:
         hh, mm = map(int, args.deadline_utc.split(":"))
         deadline = dt.datetime.now(dt.UTC).replace(hour=hh, minute=mm, second=0, microsecond=0)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        found = [(t, OUT / f"{t}.log") for t in args.targets if (OUT / f"{t}.log").exists()]
+        done = [parse_log(t, log.read_text(errors="replace"), 0) for t, log in found]
+        for r in done:
+            r.capped = r.runs < args.runs
+        print(table(done, args.runs))
+        return 1 if any(r.crashed for r in done) else 0
     todo: queue.Queue[str] = queue.Queue()
     for t in args.targets:
         todo.put(t)
