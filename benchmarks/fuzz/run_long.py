@@ -49,7 +49,7 @@ class Result:
 
 def parse_log(target: str, text: str, rc: int) -> Result:
     res = Result(target, rc=rc)
-    done = re.findall(r"^Done (\d+) in (\d+) second", text, re.M)
+    done = re.findall(r"^Done (\d+) (?:runs )?in (\d+) second", text, re.M)
     if done:
         res.runs, res.seconds = int(done[-1][0]), int(done[-1][1])
     else:  # a crash or a time cap: the last status line has the count
