@@ -21,6 +21,22 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PATH_HEAD = re.compile(r"^([A-Za-z0-9_\[\].#-]+): ")
 
 
+# Far beyond any real config, and well inside Python's recursion limit: deeper nesting (or a
+# recursive alias, "&a [*a]") is refused, and so is a file whose aliases expand to more values
+# than this ("billion laughs"), instead of a RecursionError or minutes of expansion at start-up.
+_MAX_DEPTH = 64
+_MAX_NODES = 100_000
+_TOO_DEEP = f"nested more than {_MAX_DEPTH} levels deep (or a recursive YAML alias)"
+_TOO_BIG = f"more than {_MAX_NODES} values once YAML aliases are expanded"
+
+
+class _TooLarge(Exception):
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(what)
+        self.path = path
+        self.what = what
+
+
 # pydantic's names for validator and tagged-union branches: not part of the YAML path.
 _BRANCH_NAMES = frozenset(("function-after", "function-before", "function-wrap", "policy", "none"))
 
@@ -40,30 +56,53 @@ def _expand(text: str, where: str, problems: list[str]) -> str:
 
 
 def _to_python(
-    node: yaml.Node, path: str, lines: dict[str, int], problems: list[str]
+    node: yaml.Node, path: str, lines: dict[str, int], problems: list[str], depth: int = 0,
+    seen: list[int] | None = None,
 ) -> Any:
     """Turn a composed YAML node tree into plain Python, remembering each path's line number."""
-    lines[path] = node.start_mark.line + 1
+    seen = seen if seen is not None else [0]
+    seen[0] += 1
+    if depth > _MAX_DEPTH:
+        raise _TooLarge(path, _TOO_DEEP)
+    if seen[0] > _MAX_NODES:
+        raise _TooLarge(path, _TOO_BIG)
+    line = node.start_mark.line + 1
+    lines[path] = line
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(f"line {key_node.start_mark.line + 1}: {path or 'top level'}: keys must be plain text")
+                continue
             key = str(key_node.value)
             sub = f"{path}.{key}" if path else key
             if key in out:
                 problems.append(f"line {key_node.start_mark.line + 1}: {sub}: duplicate key")
-            out[key] = _to_python(value_node, sub, lines, problems)
+            out[key] = _to_python(value_node, sub, lines, problems, depth + 1, seen)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, f"{path}[{i}]", lines, problems) for i, v in enumerate(node.value)]
+        return [_to_python(v, f"{path}[{i}]", lines, problems, depth + 1, seen) for i, v in enumerate(node.value)]
     assert isinstance(node, yaml.ScalarNode)
     raw = node.value
     if "${" in raw:
         raw = _expand(raw, path, problems)
         # Re-resolve the expanded text so "${PORT:-8443}" becomes an int, "${X:-true}" a bool.
         if node.style is None:
-            return yaml.safe_load(raw) if raw else None
+            try:
+                return yaml.safe_load(raw) if raw else None
+            except (yaml.YAMLError, RecursionError):
+                problems.append(f"line {line}: {path}: the expanded value is not valid YAML")
+                return None
         return raw
-    return _SCALARS.construct_object(node, deep=True)
+    try:
+        return _SCALARS.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        # An unknown or unsafe tag (!!python/...), or a tagged value that is not of its type.
+        what = getattr(exc, "problem", None) or "not a valid value for its YAML tag"
+        problems.append(f"line {line}: {path or 'top level'}: {what}")
+        return None
+    finally:
+        _SCALARS.constructed_objects.clear()  # the loader would keep every node it ever built
 
 
 # Only used to turn already-resolved scalar nodes into Python values.
@@ -107,10 +146,15 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
         mark = getattr(exc, "problem_mark", None)
         at = f"{source}:{mark.line + 1}: " if mark else f"{source}: "
         raise ConfigError([f"{at}not valid YAML: {getattr(exc, 'problem', exc)}"], source=source) from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError([f"{source}: not valid YAML: {_TOO_DEEP}"], source=source) from None
     if root is None:
         raise ConfigError(["the file is empty"], source=source)
     lines: dict[str, int] = {}
-    data = _to_python(root, "", lines, problems)
+    try:
+        data = _to_python(root, "", lines, problems)
+    except _TooLarge as exc:
+        raise ConfigError([_format(exc.path, exc.what, lines, source)], source=source) from None
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping of sections"], source=source)
     if problems:

@@ -85,20 +85,25 @@ def parse_cert_facts(
     anchor_x5t: str | None = None,
 ) -> CertFacts:
     """Parse a DER certificate (raises ``ValueError`` when it is not one)."""
-    if cert is None:
-        cert = x509.load_der_x509_certificate(der)
-    peer = PeerCertificate(der=der, source="header" if source == "header" else "tls")
-    return CertFacts(
-        peer=peer,
-        not_before=cert.not_valid_before_utc.timestamp(),
-        not_after=cert.not_valid_after_utc.timestamp(),
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        serial=cert.serial_number,
-        usage_ok=_usage_ok(cert),
-        ca_depth=ca_depth,
-        anchor_x5t=anchor_x5t,
-    )
+    try:
+        if cert is None:
+            cert = x509.load_der_x509_certificate(der)
+        peer = PeerCertificate(der=der, source="header" if source == "header" else "tls")
+        return CertFacts(
+            peer=peer,
+            not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp(),
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            serial=cert.serial_number,
+            usage_ok=_usage_ok(cert),
+            ca_depth=ca_depth,
+            anchor_x5t=anchor_x5t,
+        )
+    except (x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        # cryptography's parse errors that are not ValueErrors (issue #14: a "v4" certificate in
+        # a front proxy's header was a 500): the callers refuse on ValueError.
+        raise ValueError("unusable certificate") from None
 
 
 class CertificateChecker:

@@ -39,7 +39,10 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     # bool is an int subclass in Python; JSON true is not a date.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"the access token's {name} claim is not a NumericDate", "token_malformed")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float (e.g. 10**400) is no date either
+        raise _bad(f"the access token's {name} claim is not a NumericDate", "token_malformed") from None
 
 
 def _opt_str(claims: Mapping[str, Any], name: str) -> str | None:

@@ -80,7 +80,8 @@ class KeySet:
 
 def _parse_key(jwk: Mapping[str, Any]) -> VerificationKey | None:
     kty = jwk.get("kty")
-    if kty not in _KTY_DEFAULT_ALG:
+    # isinstance first: a list or object is unhashable, and "in" a dict would raise TypeError.
+    if not isinstance(kty, str) or kty not in _KTY_DEFAULT_ALG:
         return None  # oct (HMAC) and unknown types never verify access tokens
     if jwk.get("use", "sig") != "sig":
         return None
