@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fronts", default="grpc,envoy-http,nginx",
                     help="comma-separated: grpc (Envoy ext_authz gRPC), envoy-http (Envoy ext_authz HTTP), "
                          "nginx (auth_request)")
+    ap.add_argument("--compare-tree", default=None,
+                    help="also run the gRPC front with the gateway code of this directory (another checkout)")
     ap.add_argument("--profile", action="store_true", help="py-spy the deciding gateway (benchmarks/out/)")
     ap.add_argument("--profile-seconds", type=float, default=6.0)
     ap.add_argument("--report-only", action="store_true", help="re-render from benchmarks/out/decision.json")
@@ -104,6 +106,14 @@ FRONTS: dict[str, str] = {
     "nginx-decision": "nginx -> gateway auth_request",
 }
 _FRONT_ARGS = {"grpc": "envoy-decision", "envoy-http": "envoy-http-decision", "nginx": "nginx-decision"}
+# ``--compare-tree DIR``: the gRPC front once more, its gateway running another checkout's code (an
+# A/B of a change within the same rounds: ``git archive <commit> | tar -x -C DIR``).
+BASE_KEY = "envoy-decision-base"
+
+
+def _labels(args: argparse.Namespace) -> dict[str, str]:
+    tree = getattr(args, "compare_tree", None)
+    return {**FRONTS, BASE_KEY: f"Envoy -> gateway ext_authz gRPC, code of {tree}"} if tree else FRONTS
 
 
 def render_envoy_http(*, port: int, admin: int, decision_port: int, upstream_port: int, m: Any) -> str:
@@ -173,19 +183,25 @@ def _run(args: argparse.Namespace, envoy: str) -> int:
     # clients sign as htu) and the proxy in front, measured apart (``side``).
     fronted: list[tuple[Candidate, Any]] = []
     wanted_fronts = [_FRONT_ARGS[f] for f in args.fronts.split(",") if f]
+    if args.compare_tree:
+        wanted_fronts.append(BASE_KEY)
     for key in wanted_fronts:
         front_port, front_admin, dec_port, gw_port, gw_admin = (free_port() for _ in range(5))
         gw_env = {**gateway_env(m, gw_port, gw_admin, up_port, as_port), "BENCH_ENVOY_PORT": str(front_port),
                   "BENCH_FRONT_PORT": str(front_port), "BENCH_DECISION_PORT": str(dec_port)}
-        if key == "envoy-decision":
+        cmd, extra_env = gateway_cmd, {}
+        if key == BASE_KEY:
+            # -P: not this checkout (the working directory) first on sys.path, but the other one.
+            cmd, extra_env = [python(), "-P", "-m", "gateway"], {"PYTHONPATH": str(Path(args.compare_tree).resolve())}
+        if key in ("envoy-decision", BASE_KEY):
             gw_yaml = BENCH / "gateway" / "decision.yaml"
         else:
             gw_yaml = BENCH / "gateway" / "decision-http.yaml"
             gw_env.update({"BENCH_CERT_HEADER": "X-Forwarded-Client-Cert", "BENCH_CERT_FORMAT": "xfcc"}
                           if key == "envoy-http-decision" else
                           {"BENCH_CERT_HEADER": "X-SSL-Client-Cert", "BENCH_CERT_FORMAT": "nginx"})
-        decider = start(f"gw-{key}", [*gateway_cmd, "run", "--config", str(gw_yaml)], OUT / f"gw-{key}.log",
-                        env=gw_env)
+        decider = start(f"gw-{key}", [*cmd, "run", "--config", str(gw_yaml)], OUT / f"gw-{key}.log",
+                        env={**gw_env, **extra_env})
         if key == "nginx-decision":
             def conf(prefix: Path, fp: int = front_port, dp: int = dec_port) -> str:
                 return render_nginx(prefix, port=fp, decision_port=dp, upstream_port=up_port, m=m)
@@ -193,7 +209,7 @@ def _run(args: argparse.Namespace, envoy: str) -> int:
             side = start_nginx("nginx-front", OUT, conf)
         else:
             bootstrap = OUT / f"{key}.yaml"
-            if key == "envoy-decision":
+            if key in ("envoy-decision", BASE_KEY):
                 bootstrap.write_text(Template(ENVOY_TEMPLATE.read_text()).substitute(
                     LISTEN_PORT=front_port, ADMIN_PORT=front_admin, DECISION_PORT=dec_port, UPSTREAM_PORT=up_port,
                     SERVER_CERT=m.server_cert, SERVER_KEY=m.server_key, CLIENT_CA=m.ca))
@@ -203,7 +219,7 @@ def _run(args: argparse.Namespace, envoy: str) -> int:
             base_id += 1
             side = start(f"envoy-{key}", [envoy, "-c", str(bootstrap), "--concurrency", "1", "--disable-hot-restart",
                                           "--base-id", str(base_id), "-l", "warning"], OUT / f"envoy-{key}.log")
-        c = Candidate(key, FRONTS[key], front_port, checks, m.clients_dpop, False, "gateway", lambda: [])
+        c = Candidate(key, _labels(args)[key], front_port, checks, m.clients_dpop, False, "gateway", lambda: [])
         c.procs = [decider]
         fronted.append((c, side))
         waits += [(dec_port, decider), (front_port, side)]
@@ -234,6 +250,8 @@ def _run(args: argparse.Namespace, envoy: str) -> int:
                     f"non-2xx {sum(v for k, v in res['status'].items() if not k.startswith('2'))}"), flush=True)
     if args.profile:
         for c, _ in fronted:
+            if c.key == BASE_KEY:
+                continue
             profile(c, m, args)
             # Kept apart from run.py's profiles (report.py lists out/profile-*.md as its own run's).
             made = OUT / f"profile-{c.key}.md"
@@ -291,7 +309,7 @@ def _render(rows: list[dict[str, Any]], args: argparse.Namespace, started: float
         sa = [r for r in rows if r["scenario"] == scen and r["candidate"] == "gw-dpop"]
         sa_cpu = _med(sa, "server_cpu_us_per_req")
         setups: list[tuple[str, list[dict[str, Any]], str | None]] = [("gateway standalone (gw-dpop)", sa, None)]
-        for front_key, front_label in FRONTS.items():
+        for front_key, front_label in _labels(args).items():
             de = [r for r in rows if r["scenario"] == scen and r["candidate"] == front_key]
             if de:
                 setups.append((front_label, de, front_key))
