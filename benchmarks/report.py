@@ -155,7 +155,9 @@ def _targets(by: Callable[[str, str], list[Row]], soak: list[Row]) -> list[str]:
     return out
 
 
-DECISION_HEADING = "## Decision service: Envoy ext_authz gRPC -> gateway (issue #15)"
+DECISION_HEADING = "## Decision service: Envoy ext_authz (gRPC, HTTP) and nginx auth_request -> gateway (issue #15)"
+# The heading before the HTTP fronts were measured (a RESULTS.md written then is updated in place).
+DECISION_HEADING_V1 = "## Decision service: Envoy ext_authz gRPC -> gateway (issue #15)"
 
 
 def decision_section() -> str:

@@ -232,13 +232,17 @@ async def check(
     observer: Observer | None = None,
     *,
     remaining_s: float | None = None,
+    fapi_id: str | None = None,
 ) -> Verdict:
     """The proxy's decision on ``original``, as a ``Verdict``. Never raises (but CancelledError).
 
     ``observer``: count and log it like a proxied request (with its mode). ``remaining_s``: the
-    caller's own deadline, when it sent one (a gRPC deadline); the front's ``deadline_s`` otherwise."""
+    caller's own deadline, when it sent one (a gRPC deadline); the front's ``deadline_s`` otherwise.
+    ``fapi_id``: the interaction id the front already took from ``original.headers`` (one made
+    once per check, not twice)."""
     started = time.perf_counter()
-    fapi_id = interaction_id(original.headers)
+    if fapi_id is None:
+        fapi_id = interaction_id(original.headers)
     p = Progress()
     status: int = 500
     reason: str | None = "internal"

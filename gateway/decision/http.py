@@ -316,7 +316,7 @@ class DecisionHttpHandler:
             # Beyond max_concurrent: shed at once rather than queue behind a slow AS.
             return self._refused(request, front, BusyError("decision service busy"), fapi_id, started)
         async with self.slots:
-            verdict = await check(self.holder.current, original, self.observer)
+            verdict = await check(self.holder.current, original, self.observer, fapi_id=fapi_id)
         return render(front, verdict)
 
 
