@@ -16,20 +16,25 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── DependencyError                   never blames the client; fail closed
     │   ├── KeySourceUnavailableError     503 (JWKS unreachable and no cached key)
     │   ├── IntrospectionUnavailableError 503
+    │   │   └── IntrospectionBusyError    503 (shed before calling the AS: slots, queue, source budget)
     │   ├── ReplayStoreUnavailableError   503
     │   ├── RevocationDataStaleError      503 (the client certificate's CRL is past nextUpdate)
     │   ├── UpstreamUnavailableError      502
-    │   └── UpstreamTimeoutError          504
+    │   ├── UpstreamTimeoutError          504
+    │   └── DecisionBusyError             503 (decision front: max_concurrent checks in flight)
     ├── RouteNotFoundError                404
     ├── CorsRefusedError                  403 (preflight from an origin not allowed)
     ├── ClientCertificateRefusedError     403 (refused certificate on a route that does not authenticate)
     ├── MethodNotAllowedError             405
     ├── MisdirectedRequestError           421
+    ├── RequestTimeoutError               408 (the request body stalled), connection closed
     ├── PayloadTooLargeError              413
     ├── HeaderRefusedError                400 (underscore names, bad Max-Forwards/Host for forwarding)
     ├── TransferCodingNotImplementedError 501 (RFC 9112 §6.1), connection closed
     ├── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
-    └── ClientBodyError                   400 (the request body broke off or did not parse)
+    ├── ClientBodyError                   400 (the request body broke off or did not parse)
+    ├── UntrustedCallerError              403 (a decision check from a peer not trusted to ask)
+    └── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
 """
@@ -45,6 +50,8 @@ __all__ = (
     "ClientCertificateRefusedError",
     "ConfigError",
     "CorsRefusedError",
+    "DecisionBodyNotAllowedError",
+    "DecisionBusyError",
     "DependencyError",
     "ExpectationFailedError",
     "GatewayError",
@@ -68,6 +75,7 @@ __all__ = (
     "RouteNotFoundError",
     "Scheme",
     "TransferCodingNotImplementedError",
+    "UntrustedCallerError",
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "UseDpopNonceError",
@@ -289,6 +297,29 @@ class ClientBodyError(GatewayError):
 
     status = 400
     default_reason = "bad_request_body"
+
+
+class UntrustedCallerError(GatewayError):
+    """A decision check (auth_request, forwardAuth, ext_authz HTTP) from a peer not in the
+    front's ``trusted_peers``/``trusted_identities``: its original-request headers are not read."""
+
+    status = 403
+    default_reason = "untrusted_caller"
+
+
+class DecisionBodyNotAllowedError(GatewayError):
+    """A decision check carries no body; one that does is refused unread."""
+
+    status = 413
+    default_reason = "decision_body"
+    close_connection = True
+
+
+class DecisionBusyError(DependencyError):
+    """The decision front's ``max_concurrent`` checks are in flight: shed at once."""
+
+    default_reason = "decision_busy"
+    retry_after_s = 1
 
 
 class ConfigError(Exception):

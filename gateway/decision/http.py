@@ -62,7 +62,13 @@ from ..app import StateHolder, error_response
 from ..challenge import ChallengeSettings
 from ..config.decision import DecisionConfig, DecisionHttp
 from ..config.mtls import FrontProxyConfig
-from ..errors import DependencyError, GatewayError, InvalidRequestError
+from ..errors import (
+    DecisionBodyNotAllowedError,
+    DecisionBusyError,
+    GatewayError,
+    InvalidRequestError,
+    UntrustedCallerError,
+)
 from ..listener import ConnectionGuard, GuardedServer, GuardedSite
 from ..observability.observer import Observer
 from ..proxy import interaction_id
@@ -232,22 +238,6 @@ def _refusal(front: Front | None, exc: GatewayError, fapi_id: str) -> web.Respon
 _NO_CHALLENGE = ChallengeSettings(schemes=())
 
 
-class UntrustedCallerError(GatewayError):
-    status = 403
-    default_reason = "untrusted_caller"
-
-
-class BodyNotAllowedError(GatewayError):
-    status = 413
-    default_reason = "decision_body"
-    close_connection = True
-
-
-class BusyError(DependencyError):
-    default_reason = "decision_busy"
-    retry_after_s = 1
-
-
 # --- the listener -------------------------------------------------------------------------------
 
 class DecisionHttpHandler:
@@ -308,13 +298,13 @@ class DecisionHttpHandler:
             if request.content_length or request.headers.get("Transfer-Encoding"):
                 # The decision needs no body (nginx: proxy_pass_request_body off; Envoy: no
                 # with_request_body); one is refused unread.
-                raise BodyNotAllowedError("the check request must not carry a body")
+                raise DecisionBodyNotAllowedError("the check request must not carry a body")
             original = read_original(front, request)
         except GatewayError as exc:
             return self._refused(request, front, exc, fapi_id, started)
         if self.slots.locked():
             # Beyond max_concurrent: shed at once rather than queue behind a slow AS.
-            return self._refused(request, front, BusyError("decision service busy"), fapi_id, started)
+            return self._refused(request, front, DecisionBusyError("decision service busy"), fapi_id, started)
         async with self.slots:
             verdict = await check(self.holder.current, original, self.observer, fapi_id=fapi_id)
         return render(front, verdict)
