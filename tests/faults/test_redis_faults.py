@@ -29,7 +29,7 @@ from tests.conftest import GatewayFactory, Pki, Upstream
 from tests.dpop.e2e_support import AsKey, config_body, dpop_headers, proof_for
 from tests.dpop.proofs import Signer, es256
 from tests.tokens.authserver import AuthServer
-from tests.tokens.conftest import AUD
+from tests.tokens.test_admin_revocation import body as revocation_body
 
 from .conftest import metric, reason_count
 from .redis_topologies import Node, Standalone, redis_cmd
@@ -189,21 +189,12 @@ ADMIN_TOKEN = "adm-" + "x7Kq2" * 8
 
 
 def revocation_yaml(auth_server: AuthServer, pki: Pki, upstream: Upstream, redis: Node) -> str:
-    return f"""
-    issuers:
-      - name: bank-as
-        issuer: {auth_server.issuer}
-        jwks_uri: {auth_server.url}/jwks
-        ca: {pki.ca_pem}
-    routes:
-      - id: accounts
-        match: {{path_prefix: /accounts}}
-        upstream: {upstream.url}
-        auth: {{issuers: [bank-as], audience: {AUD}, sender_constraint: none}}
+    # The admin-revocation tests' gateway, with the deny list kept in this test's Redis.
+    return revocation_body(auth_server, pki, upstream, f"""
     dpop:
       replay: {{backend: redis, redis: {{url: "{redis.url}", timeout_s: {TIMEOUT_S}, connect_timeout_s: {TIMEOUT_S}}}}}
     revocation: {{sync_interval_s: 0.05}}
-    """
+    """)
 
 
 async def start_admin(gateway: GatewayFactory, pki: Pki, body: str) -> Any:
