@@ -209,7 +209,8 @@ def test_a_taken_port_is_one_line_naming_its_variable(which: str) -> None:
     assert f"port {port} " in errors[0] and f"set {which}=" in errors[0], errors[0]
 
 
-def test_run_with_a_taken_admin_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_run_with_a_taken_admin_port(tmp_path: Path, workers: str) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -219,7 +220,7 @@ def test_run_with_a_taken_admin_port(tmp_path: Path) -> None:
         cfg = tmp_path / "gw.yaml"
         cfg.write_text(f"listen: {{host: 127.0.0.1, port: {gw}}}\nadmin: {{port: {port}}}\n"
                        "routes: [{id: a, match: {path_prefix: /}, upstream: 'http://127.0.0.1:1', auth: none}]\n")
-        out = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(cfg)], env=_env(),
+        out = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(cfg), "--workers", workers], env=_env(),
                              capture_output=True, text=True, timeout=60)
     finally:
         taken.close()
@@ -399,3 +400,16 @@ def test_keycloak_example_binds_both_ways(monkeypatch: pytest.MonkeyPatch) -> No
     assert cfg.issuers[0].issuer == "https://sso.bank.example/realms/bank"
     assert cfg.issuers[0].jwks_uri and cfg.issuers[0].jwks_uri.endswith("/protocol/openid-connect/certs")
     assert discovery.issuers[0].discovery is True and discovery.issuers[0].jwks_uri is None
+
+
+def test_server_header_policy() -> None:
+    from multidict import CIMultiDict
+
+    from gateway.proxy.headers import HeaderPolicy
+
+    upstream = CIMultiDict({"Server": "nginx/1.25.3", "Content-Type": "text/plain"})
+    assert "Server" not in HeaderPolicy().client_response_headers(upstream)
+    assert HeaderPolicy(server_header="bank-api").client_response_headers(upstream).getall("Server") == ["bank-api"]
+    assert HeaderPolicy(relay_upstream_server=True).client_response_headers(upstream)["Server"] == "nginx/1.25.3"
+    with pytest.raises(ConfigError, match=r"proxy\.server_header"):
+        parse_config("proxy: {server_header: \"a\\nb\"}\nroutes: []\n")
