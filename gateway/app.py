@@ -34,7 +34,7 @@ from .errors import (
     OAuthError,
     Scheme,
 )
-from .model import AuthRequest, Decision, PeerCertificate
+from .model import AuthRequest, Decision, PeerCertificate, VerifiedToken
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, Observer
 from .origin import HostPolicy, PublicRequest
@@ -299,7 +299,7 @@ class RequestView(Protocol):
 class Progress:
     """What is learnt on the way to a decision; the caller's ``finally`` reads it (metrics, log)."""
 
-    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "route_id", "rt", "t_auth")
+    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "refused_token", "route_id", "rt", "t_auth")
 
     def __init__(self) -> None:
         self.route_id: str | None = None
@@ -309,6 +309,8 @@ class Progress:
         self.t_auth: float | None = None
         self.auth_s: float | None = None
         self.decision: Decision | None = None
+        # The verified token of a request refused at binding or policy (the access log's client_id).
+        self.refused_token: VerifiedToken | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +386,11 @@ async def authorize(
         remote=request.remote or "",
     )
     p.t_auth = time.perf_counter()
-    decision = p.decision = await state.pipeline.decide(auth_req, route.config)
+    try:
+        decision = p.decision = await state.pipeline.decide(auth_req, route.config)
+    except OAuthError as exc:
+        p.refused_token = exc.token
+        raise
     p.auth_s = time.perf_counter() - p.t_auth
     return Authorized(rt, public, target, auth_req, decision)
 
@@ -484,13 +490,15 @@ class GatewayHandler:
             self.observer.finished(
                 request, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, upstream_status=up_status,
-                upstream_s=up_s,
+                upstream_s=up_s, refused_token=p.refused_token,
             )
 
 
 def refusal_response(exc: GatewayError, p: Progress, fapi_id: str) -> web.Response:
     """The refusal as the client gets it: ``error_response`` plus the route's CORS headers."""
     resp = error_response(exc, p.challenge, fapi_id)
+    if p.rt is not None and p.rt.headers.server_header is not None:  # proxy.server_header
+        resp.headers["Server"] = p.rt.headers.server_header
     if p.cors_origin is not None and p.rt is not None and p.rt.cors is not None:
         p.rt.cors.add_response_headers(resp.headers, p.cors_origin)
     return resp

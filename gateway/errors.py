@@ -41,7 +41,10 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from .model import VerifiedToken
 
 Scheme = Literal["Bearer", "DPoP"]
 
@@ -105,6 +108,10 @@ class OAuthError(GatewayError):
     """
 
     error: ClassVar[str | None] = None
+    # The verified token a binding or policy refusal is about (set by the pipeline): the access
+    # log names whose token it was (a binding mismatch is the stolen-token signal). Never shown
+    # to the client.
+    token: VerifiedToken | None = None
 
     def __init__(
         self, description: str = "", *, reason: str | None = None, scheme: Scheme | None = None

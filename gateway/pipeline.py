@@ -69,6 +69,7 @@ class AuthPipeline:
         if not isinstance(policy, AuthPolicy):  # explicit ``auth: none``
             return ALLOW_ANONYMOUS
         creds = self._extract(req, policy)
+        token: VerifiedToken | None = None
         try:
             # source: the client an introspection call counts against (verify/admission.py).
             token = await self._tokens.verify(creds.token, policy, source=self._source(req))
@@ -78,4 +79,6 @@ class AuthPipeline:
             if exc.scheme is None:
                 # RFC 9449 §7.2: error information goes in the challenge of the scheme used.
                 exc.scheme = creds.scheme
+            if token is not None:  # refused after verification: the log says whose token it was
+                exc.token = token
             raise

@@ -41,6 +41,7 @@ from aiohttp import web
 from .admin import Readiness, build_admin_app
 from .app import GatewayHandler, GatewayState, StateHolder, build_handler, build_state
 from .config import GatewayConfig, load_config
+from .config.diff import describe_changes
 from .config.dpop import check_process
 from .config.risks import log_risks
 from .errors import ConfigError
@@ -53,6 +54,7 @@ from .observability.multiprocess import ENV_DIR, SharedMetrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
 from .parsers import require_c_parsers
+from .ports import binding
 from .tls.clientcerts import ClientCertificates
 from .wire import AdminRunner
 
@@ -187,7 +189,8 @@ class GatewayServer:
             self._runner, cfg.listen.host, cfg.listen.port, ssl_context=self.ssl_context,
             reuse_port=self.reuse_port or None, backlog=1024, handshake_timeout_s=limits.handshake_timeout_s,
         )
-        await site.start()
+        with binding("listen.port", cfg.listen.host, cfg.listen.port):
+            await site.start()
         self.port = _bound_port(site)
 
         self._install_readiness_checks()
@@ -209,7 +212,8 @@ class GatewayServer:
         admin_site = web.TCPSite(
             self._admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port or None
         )
-        await admin_site.start()
+        with binding("admin.port", cfg.admin.host, cfg.admin.port):
+            await admin_site.start()
         self.admin_port = _bound_port(admin_site)
         if cfg.dpop.replay.backend == "redis":
             self._redis = RedisProbe(cfg.dpop.replay.redis)
@@ -297,6 +301,7 @@ class GatewayServer:
                 self.metrics.config_reload(False)
                 return False
             fixed = _restart_only_changes(self.boot_cfg, new_cfg)
+            changes = describe_changes(self.cfg, new_cfg)  # for the log line: what this reload did
             holder = self.holder
             old, holder.current = holder.current, new_state
             self.cfg = new_cfg
@@ -309,9 +314,11 @@ class GatewayServer:
             if fixed:
                 # Not a success: part of the file is not in effect (and /metrics says so too).
                 log.warning("config reloaded from %s (%d routes) EXCEPT %s: still running with the old "
-                            "values until a restart", self.config_path, len(new_cfg.routes), ", ".join(fixed))
+                            "values until a restart; changed: %s", self.config_path, len(new_cfg.routes),
+                            ", ".join(fixed), changes)
             else:
-                log.info("config reloaded from %s (%d routes)", self.config_path, len(new_cfg.routes))
+                log.info("config reloaded from %s (%d routes); changed: %s", self.config_path,
+                         len(new_cfg.routes), changes)
             return True
 
     def _swap_access_log(self, cfg: GatewayConfig) -> None:

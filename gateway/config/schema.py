@@ -38,6 +38,17 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def upstream_reference_problem(value: str) -> str | None:
+    """Why a route's ``upstream`` that is not a name under ``upstreams:`` is no URL either."""
+    try:
+        _http_url(value)
+    except ValueError as exc:
+        if "://" in value:  # meant as a URL: say what is wrong with it
+            return f"{value!r}: {exc}"
+        return f"{value!r} is neither a name under upstreams: nor a URL"
+    return None
+
+
 def _origin(value: str) -> str:
     url = _http_url(value)
     parts = urlsplit(url)
@@ -90,7 +101,7 @@ class Listen(Model):
 
 class Admin(Model):
     host: str = "127.0.0.1"
-    port: Port = 9090
+    port: Port = 8442  # not 9090: that is Prometheus's own default port
     # Bearer secret for the admin API's write operations (revocation); unset: they are disabled.
     token: Annotated[SecretStr, Field(min_length=32)] | None = None
 
@@ -219,12 +230,9 @@ class GatewayConfig(Model):
                 problems.append(f"{where}.id: duplicate of routes[{seen_ids[route.id]}].id ({route.id!r})")
             seen_ids.setdefault(route.id, n)
             if route.upstream not in self.upstreams:
-                try:
-                    _http_url(route.upstream)
-                except ValueError:
-                    problems.append(
-                        f"{where}.upstream: {route.upstream!r} is neither a name under upstreams: nor a URL"
-                    )
+                upstream_problem = upstream_reference_problem(route.upstream)
+                if upstream_problem:
+                    problems.append(f"{where}.upstream: {upstream_problem}")
             m = route.match
             prefix, path = m.path_prefix, m.path
             if not self.paths.case_sensitive:  # the router ignores case: so does "same match"
