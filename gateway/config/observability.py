@@ -43,6 +43,7 @@ AccessLogField = Literal[
     "mode",  # proxy, or the decision front that asked (issue #15)
     "remote",
     "jti",
+    "would_refuse",  # report-only routes: the reason code not enforced (issue #19)
 ]
 
 # Every field except the client address and the token id, which a deployment opts into.

@@ -80,6 +80,7 @@ class AccessRecord:
     remote: str | None = None
     jti: str | None = None
     mode: str = "proxy"
+    would_refuse: str | None = None
 
 
 def redact_query(query: str) -> str:
@@ -132,6 +133,7 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "mode": attrgetter("mode"),
     "remote": attrgetter("remote"),
     "jti": attrgetter("jti"),
+    "would_refuse": attrgetter("would_refuse"),
 }
 
 
@@ -163,6 +165,7 @@ def _default_line(r: AccessRecord, include_query: bool) -> str:
         + ',"upstream_status":' + _num(r.upstream_status)
         + ',"upstream_latency_ms":' + _num(_ms(r.upstream_latency_s))
         + ',"mode":' + _str(r.mode)
+        + ',"would_refuse":' + _str(r.would_refuse)
         + "}\n"
     )
 

@@ -88,6 +88,7 @@ class Observer:
                 remote=request.remote,
                 jti=token.jti if token is not None else None,
                 mode=mode,
+                would_refuse=decision.would_refuse if decision is not None else None,
             )
         )
 
