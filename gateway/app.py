@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -86,6 +86,8 @@ class StageOverrides:
     clock: Callable[[], float] | None = None
     replay: ReplayStore | None = None
     revocation_sync: bool = True
+    # (stage name, stage) -> a stage of the same protocol that delegates to it and records.
+    tap: Callable[[str, Any], Any] | None = None
 
 
 def build_pipeline(
@@ -127,6 +129,10 @@ def build_pipeline(
     proxies = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.listen.trusted_proxies)
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
                             source=partial(request_source, trusted_proxies=proxies))
+    if ov.tap is not None:  # explain: the same stage objects, each result and refusal recorded
+        pipeline = AuthPipeline(extract=ov.tap("credentials", extract_credentials), tokens=ov.tap("token", tokens),
+                                binder=ov.tap("binding", binder), policy=ov.tap("policy", check_policy),
+                                source=partial(request_source, trusted_proxies=proxies))
     from .report import WOULD_REFUSE_HEADER, report_only  # issue #19: report-only routes
 
     pipeline, reporting = report_only(cfg, pipeline, metrics.would_refuse)
