@@ -109,7 +109,7 @@ def build_pipeline(
     keep = previous is not None and previous.cfg.dpop.replay == cfg.dpop.replay and isinstance(
         previous.replay_store, MemoryReplayStore
     )
-    replay = ov.replay or (previous.replay_store if keep and previous is not None else None)
+    replay = ov.replay if ov.replay is not None else (previous.replay_store if keep and previous is not None else None)
     binder = Binder(cfg.dpop, replay=replay, clock=clock)
     lifecycles.append(binder)  # opens/closes the replay store's Redis pool
     from .credentials import extract_credentials  # steps 2, 3, 5 (issue 3)

@@ -275,8 +275,6 @@ async def _run(
     if isinstance(outcome, GatewayError):
         _answer(exp, refusal_response(outcome, p, fapi_id), outcome.reason)
         exp.verdict = "refuse"
-        if any(s.status == "undetermined" for s in steps):
-            exp.verdict = "undetermined"
     elif isinstance(outcome, web.Response):
         _answer(exp, outcome, None)
         exp.verdict = "answered"
@@ -291,11 +289,13 @@ async def _run(
             if refused is not None:
                 enforced = error_response(refused, p.challenge, fapi_id)
                 exp.enforced = {"status": enforced.status, "headers": _shown(enforced)}
-            if any(s.status == "undetermined" for s in steps):
-                exp.verdict = "undetermined"
         else:
             exp.headers = {f"upstream: {k}": v for k, v in decision.upstream_headers}
             exp.headers.update(dict(decision.response_headers))
+    if any(s.status == "undetermined" for s in steps):
+        # The offline run's answer is not the gateway's: no answer rather than a made-up one.
+        exp.verdict, exp.status, exp.reason, exp.enforced = "undetermined", None, None, None
+        exp.headers, exp.body = {}, {}
     return exp
 
 

@@ -117,12 +117,14 @@ def request_facts(
             how = f"routes[{_route_index(cfg, route)}].external_origin"
         elif cfg.listen.external_origin:
             how = "listen.external_origin"
-        elif req.url:
+        elif not req.url.startswith("/"):
             how = ("X-Forwarded-Proto/-Host from a trusted proxy" if trusted and "X-Forwarded-Host" in view.headers
                    else "the Host header") + " (checked against listen.allowed_hosts / the server certificate's names)"
         else:
-            how = "none: the Host could not be checked against a configured origin, so no proof can match"
-        step.facts.append(("public URL (DPoP htu)", req.url or "(none)", NOTE))
+            how = ("none: the Host's name or port (absent: the scheme's default) is not one this listener is "
+                   "configured or certified for, so no proof can match; set listen.external_origin")
+        shown = req.url if not req.url.startswith("/") else "(none trustworthy)"
+        step.facts.append(("public URL (DPoP htu)", shown, NOTE if shown != "(none trustworthy)" else BAD))
         step.facts.append(("  derived from", how, NOTE))
     return step
 
@@ -312,9 +314,11 @@ def _proof_facts(
         step.facts.append(("htm", f"{htm!r}, request method {req.method}", OK if htm == req.method else BAD))
         htu = claims.get("htu")
         if isinstance(htu, str):
-            problem = compare_htu(htu, req.url) if req.url else "no public URL could be trusted"
+            trusted_url = not req.url.startswith("/")
+            problem = compare_htu(htu, req.url) if trusted_url else "no public URL could be trusted"
             step.facts.append(("htu", f"received {_short(htu)}", OK if problem is None else BAD))
-            step.facts.append(("  expected", f"{req.url or '(none)'}" + (f"  ({problem})" if problem else ""), NOTE))
+            expected = req.url if trusted_url else "(none)"
+            step.facts.append(("  expected", expected + (f"  ({problem})" if problem else ""), NOTE))
         else:
             step.facts.append(("htu", "(missing)", BAD))
     iat = claims.get("iat")

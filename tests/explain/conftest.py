@@ -21,3 +21,7 @@ def k1() -> Signer:
 @pytest.fixture(scope="session")
 def k2() -> Signer:
     return es256()
+
+
+# The token suite's running authorization server (jwks_uri, introspection), for --online parity.
+from tests.tokens.conftest import auth_server, clock, signing_keys  # noqa: E402, F401
