@@ -5,7 +5,8 @@
 On such a route the whole decision runs as usual; a refusal is not answered but
 
 * counted: ``gateway_would_refuse_total{route,reason}`` (and ``gateway_routes_report_only``),
-* logged: the access log's ``would_refuse`` field, and a WARNING line without request data,
+* logged: the access log's ``would_refuse`` field, and a WARNING line without request data
+  (at most one per route and reason every 10 s),
 * forwarded with ``X-Auth-Would-Refuse: <reason>`` toward the upstream, and WITHOUT any identity
   header (nothing was verified that the upstream could rely on).
 
@@ -23,6 +24,7 @@ Both are risks (``gateway.config.risks``): refused under the ``fapi`` TLS profil
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -48,6 +50,8 @@ DEBUG_REASON_HEADER: Final = "X-Auth-Debug-Reason"
 # Reason codes refused whatever the route's enforcement: a replayed proof, and proofs whose
 # first use the replay store cannot confirm (down, or its memory younger than the proof).
 ALWAYS_REFUSED: Final = frozenset({"dpop_replay", "replay_store_unavailable", "dpop_predates_replay_store"})
+_LOG_EVERY_S: Final = 10.0
+_MAX_LOGGED: Final = 4096
 
 
 def debug_reason(route: RouteConfig | None, exc: GatewayError) -> tuple[str, str] | None:
@@ -64,6 +68,7 @@ class ReportOnlyPipeline(AuthPipeline):
         # Not super().__init__: every stage stays the inner pipeline's (one set of stages).
         self._inner = inner
         self._on_would_refuse = on_would_refuse
+        self._logged: dict[tuple[str, str], float] = {}
 
     async def decide(self, req: AuthRequest, route: RouteConfig) -> Decision:
         policy = route.auth
@@ -76,8 +81,15 @@ class ReportOnlyPipeline(AuthPipeline):
                 raise
             reason = exc.reason
         self._on_would_refuse(route.id, reason)
-        # Reason code and route only: no header, token or proof of the request is logged.
-        log.warning("report-only route %s: would refuse (%s), forwarded", route.id, reason)
+        now = time.monotonic()
+        key = (route.id, reason)
+        if now - self._logged.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            if len(self._logged) >= _MAX_LOGGED:  # bounded: reason codes are a closed set, routes too
+                self._logged.clear()
+            self._logged[key] = now
+            # Reason code and route only: no header, token or proof of the request is logged. One
+            # line per route and reason every _LOG_EVERY_S (the access log has every request).
+            log.warning("report-only route %s: would refuse (%s), forwarded", route.id, reason)
         return Decision(
             token=None,
             binding=Binding("none"),
