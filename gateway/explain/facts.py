@@ -284,12 +284,41 @@ def binding_facts(
         step.facts.append(("token cnf.jkt", cnf_jkt or "(none: not DPoP-bound)", NOTE))
         step.facts.append(("token cnf.x5t#S256", cnf_x5t or "(none: not certificate-bound)", NOTE))
     cert_x5t = sha256_b64url(cert_der) if cert_der is not None else None
+    if cert_der is not None:
+        step.facts.extend(_certificate(cfg, cert_der, now))
     if cnf_x5t or cert_x5t:
         step.facts.append(("client certificate x5t#S256", cert_x5t or "(none presented: --cert PEM)",
                            (OK if cert_x5t == cnf_x5t else BAD) if cnf_x5t else NOTE))
     if isinstance(creds, Credentials) and creds.dpop_proof:
         _proof_facts(step, cfg, creds, cnf_jkt, req, now)
     return step
+
+
+def _certificate(cfg: GatewayConfig, der: bytes, now: float) -> list[tuple[str, str, str]]:
+    """The presented certificate: who, issued by whom, valid when. The chain itself is verified by
+    the TLS handshake (not replayed here); a certificate whose issuer is not in client_ca is flagged."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return [("client certificate", "not a certificate", BAD)]
+    out = [("client certificate", cert.subject.rfc4514_string(), NOTE)]
+    anchors: set[str] = set()
+    for path in cfg.listen.tls.client_ca if cfg.listen.tls is not None else ():
+        try:
+            with open(path, "rb") as fh:
+                anchors.update(c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(fh.read()))
+        except (OSError, ValueError):
+            continue
+    issuer = cert.issuer.rfc4514_string()
+    known = issuer in anchors or cert.issuer == cert.subject
+    out.append(("  issuer", issuer + ("" if known else "  (not a CA in listen.tls.client_ca: the handshake may "
+                                                         "refuse it unless an intermediate is sent)"),
+                NOTE if known else BAD))
+    nb, na = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    out.append(("  valid", f"{when(nb, now)} to {when(na, now)}", OK if nb <= now <= na else BAD))
+    return out
 
 
 def _proof_facts(

@@ -152,3 +152,43 @@ async def test_certificate_binding(gateway: GatewayFactory, pki: Pki, upstream: 
                         cert=pki.client_a)
     _, exp = await explained(cfg, gw.port, "GET", "/accounts/1", auth, pki.client_a.pem)
     assert exp.verdict == "allow"
+    facts = {w: (v, c) for w, v, c in next(s for s in exp.steps if s.name == "binding").facts}
+    assert "client-a" in facts["client certificate"][0] and facts["  valid"][1] == "ok"
+    assert facts["client certificate x5t#S256"] == (sha256_b64url(pki.client_a.der), "ok")
+    _, exp = await explained(cfg, gw.port, "GET", "/accounts/1", auth, pki.foreign_client.pem)
+    facts = {w: (v, c) for w, v, c in next(s for s in exp.steps if s.name == "binding").facts}
+    assert "not a CA in listen.tls.client_ca" in facts["  issuer"][0]
+
+
+async def test_revoked_and_self_signed_certificates(
+    gateway: GatewayFactory, pki: Pki, upstream: Upstream, tmp_path: Any
+) -> None:
+    """tests/mtls/test_e2e.py: a revoked client certificate (CRL) -> 401; a registered self-signed one."""
+    from cryptography import x509
+
+    from tests.mtls.conftest import make_crl, make_self_signed
+
+    issuer = Issuer(tmp_path)
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(make_crl(pki.ca, [x509.load_der_x509_certificate(pki.client_a.der).serial_number]))
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    client_s = make_self_signed("self-signed-tpp")
+    (anchors / "tpp.pem").write_bytes(client_s.cert_pem)
+    gw, cfg = await start(gateway, pki, mtls_config(
+        issuer, upstream, f"client_certs: {{crl_files: [{crl}], self_signed: {{directory: {anchors}}}}}"))
+    token_a = issuer.token(sha256_b64url(pki.client_a.der))
+    exp = await assert_parity(gw, cfg, pki, "GET", "/accounts/1", [("Authorization", f"Bearer {token_a}")],
+                              cert=pki.client_a)
+    assert exp.reason == "client_cert_revoked", exp.steps
+    # A registered self-signed certificate and its bound token: allowed by both.
+    token_s = issuer.token(sha256_b64url(client_s.der))
+    ctx = pki.client_context()
+    client_s.configure_cert(ctx, tmp_path)
+    async with aiohttp.ClientSession() as s, s.get(
+        f"https://localhost:{gw.port}/accounts/1", ssl=ctx, headers={"Authorization": f"Bearer {token_s}"}
+    ) as r:
+        assert r.status == 200
+    _, exp = await explained(cfg, gw.port, "GET", "/accounts/1", [("Authorization", f"Bearer {token_s}")],
+                             client_s.cert_pem)
+    assert exp.verdict == "allow", exp.steps
