@@ -137,6 +137,26 @@ async def test_tokens_online_and_offline(
     _, exp = await explained(cfg, gw.port, "GET", "/plain", h(good), online=True)
     assert exp.verdict == "allow" and (await live(gw.port, pki, "GET", "/plain", h(good)))[0] == 200
 
+    # Opaque tokens (introspection, tests/tokens/test_e2e.py): inactive -> 401; active and bound to
+    # client-a's certificate -> allowed with it, refused without it.
+    opaque = "opaque-explain-cccccccccccccccccccc"
+    exp = await assert_parity(gw, cfg, pki, "GET", "/accounts", [("Authorization", f"Bearer {opaque}")],
+                              online=True)
+    assert exp.status == 401
+    auth_server.tokens[opaque] = {"active": True, "aud": "https://api.bank.example", "scope": "accounts",
+                                  "sub": "cust-9", "client_id": "tpp-1", "exp": int(time.time()) + 300,
+                                  "cnf": {"x5t#S256": sha256_b64url(pki.client_a.der)}}
+    other = "opaque-explain-dddddddddddddddddddd"
+    auth_server.tokens[other] = dict(auth_server.tokens[opaque])
+    exp = await assert_parity(gw, cfg, pki, "GET", "/accounts", [("Authorization", f"Bearer {other}")],
+                              online=True)
+    assert exp.reason == "binding_mismatch"
+    _, exp = await explained(cfg, gw.port, "GET", "/accounts", [("Authorization", f"Bearer {opaque}")],
+                             pki.client_a.pem, online=True)
+    assert exp.verdict == "allow", exp.steps
+    _, exp = await explained(cfg, gw.port, "GET", "/accounts", [("Authorization", f"Bearer {opaque}")])
+    assert exp.verdict == "undetermined"  # offline: introspection is the network
+
 
 async def test_certificate_binding(gateway: GatewayFactory, pki: Pki, upstream: Upstream, tmp_path: Any) -> None:
     issuer = Issuer(tmp_path)
