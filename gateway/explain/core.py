@@ -231,14 +231,25 @@ async def _run(
 
         cert_der = ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii", "replace"))
 
+    front = state.client_certs.front
+    shown_der = cert_der  # the certificate the facts describe (the client's, not a front proxy's)
+
     def peer(authenticates: bool) -> PeerCertificate | None:
-        if cert_der is None:
-            return None
+        nonlocal shown_der
+        checker = state.client_certs.checker
         try:
-            # The checks the listener applies after its handshake (dates, usage, depth, CRL, pins by
-            # registration); the chain itself is the handshake's job and is not re-verified here.
-            return state.client_certs.checker.check(  # type: ignore[no-any-return]
-                parse_cert_facts(cert_der, ca_depth=None, source="tls"))
+            # As ClientCertificates.peer_certificate: our handshake's certificate, unless it (and the
+            # address) is a trusted front proxy's, whose certificate header then names the client.
+            tls = parse_cert_facts(cert_der, ca_depth=None, source="tls") if cert_der is not None else None
+            if front is not None and front.is_trusted(remote, tls):
+                if tls is not None:
+                    checker.check(tls)
+                facts = front.certificate(headers)
+                shown_der = facts.peer.der if facts is not None else None
+                return checker.check(facts) if facts is not None else None
+            # The checks the listener applies after its handshake (dates, usage, depth, CRL); the
+            # chain itself is the handshake's job and is not re-verified here.
+            return checker.check(tls) if tls is not None else None
         except InvalidTokenError as exc:
             if authenticates:
                 raise
@@ -265,7 +276,7 @@ async def _run(
     if route_cfg is not None and isinstance(policy, AuthPolicy) and p.t_auth is not None:
         steps.append(credential_facts(captured, headers, tap.results.get("credentials")))
         steps.append(token_facts(cfg, policy, tap.results, now, unavailable))
-        steps.append(binding_facts(cfg, policy, tap.results, tap.req, cert_der, now))
+        steps.append(binding_facts(cfg, policy, tap.results, tap.req, shown_der, now))
         steps.append(policy_facts(policy, tap.results, captured.method))
     elif route_cfg is not None and not isinstance(policy, AuthPolicy):
         steps.append(Step("auth", "pass", "auth: none on this route: no token is required"))

@@ -55,9 +55,11 @@ async def live(port: int, pki: Pki, method: str, path: str, headers: Headers, ce
 
 
 async def explained(cfg: GatewayConfig, port: int, method: str, path: str, headers: Headers,
-                    cert_pem: bytes | None = None, online: bool = False) -> tuple[Answer, Any]:
+                    cert_pem: bytes | None = None, online: bool = False,
+                    remote: str | None = "127.0.0.1") -> tuple[Answer, Any]:
     raw = f"{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
-    exp = await explain(cfg, parse_capture(raw + "\r\n"), cert_pem=cert_pem, port=port, online=online)
+    exp = await explain(cfg, parse_capture(raw + "\r\n"), cert_pem=cert_pem, port=port, online=online,
+                        remote=remote)
     return (exp.status, _norm(exp.headers.get("WWW-Authenticate")), exp.body.get("error"),
             "DPoP-Nonce" in exp.headers), exp
 
@@ -212,3 +214,32 @@ async def test_revoked_and_self_signed_certificates(
     _, exp = await explained(cfg, gw.port, "GET", "/accounts/1", [("Authorization", f"Bearer {token_s}")],
                              client_s.cert_pem)
     assert exp.verdict == "allow", exp.steps
+
+
+async def test_certificate_from_a_trusted_front_proxy(
+    gateway: GatewayFactory, pki: Pki, upstream: Upstream, tmp_path: Any
+) -> None:
+    """tests/mtls/test_e2e.py: XFCC from the front proxy (trusted by its own certificate, client B)."""
+    from urllib.parse import quote
+
+    issuer = Issuer(tmp_path)
+    proxy_x5t = sha256_b64url(pki.client_b.der)
+    gw, cfg = await start(gateway, pki, mtls_config(issuer, upstream, f"""
+    client_certs:
+      front_proxy: {{format: xfcc, trusted_identities: [{{x5t_s256: "{proxy_x5t}"}}]}}
+    """))
+    token_a = issuer.token(sha256_b64url(pki.client_a.der))
+    xfcc = f'Cert="{quote(pki.client_a.pem.decode(), safe="")}"'
+    good = [("Authorization", f"Bearer {token_a}"), ("X-Forwarded-Client-Cert", xfcc)]
+    assert (await live(gw.port, pki, "GET", "/accounts/1", good, pki.client_b))[0] == 200
+    _, exp = await explained(cfg, gw.port, "GET", "/accounts/1", good, pki.client_b.pem)
+    assert exp.verdict == "allow", exp.steps
+    binding = {w: v for w, v, _ in next(s for s in exp.steps if s.name == "binding").facts}
+    assert "client-a" in binding["client certificate"]  # the forwarded one, not the proxy's
+    # From anyone else the header is ignored; a malformed one from the proxy is a 400.
+    other = [("Authorization", f"Bearer {issuer.token(sha256_b64url(pki.client_b.der))}"),
+             ("X-Forwarded-Client-Cert", f'Cert="{quote(pki.client_b.pem.decode(), safe="")}"')]
+    await assert_parity(gw, cfg, pki, "GET", "/accounts/1", other, cert=pki.client_a)
+    await assert_parity(gw, cfg, pki, "GET", "/accounts/1",
+                        [("Authorization", f"Bearer {token_a}"), ("X-Forwarded-Client-Cert", 'Cert="%ZZ"')],
+                        cert=pki.client_b)
