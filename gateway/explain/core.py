@@ -268,6 +268,9 @@ async def _run(
                                   scheme=state.hosts.scheme, sni=None)
     except GatewayError as exc:
         outcome = exc
+    except Exception as exc:  # a bug, as the live handler answers it: 500, no detail to the client
+        outcome = GatewayError("internal error")
+        steps.append(Step("internal", "fail", f"internal error: {type(exc).__name__} (a bug: please report it)"))
 
     steps.append(request_facts(state, cfg, captured, view, tap.req, trusted, outcome, p))
     route_cfg = p.rt.route.config if p.rt is not None else None

@@ -171,3 +171,38 @@ def test_public_url_from_host_and_bad_input(files: Any, as_key: AsKey, k1: Signe
     assert "no issuer named nobody" in capsys.readouterr().err
     Path(req).write_text("not a request")
     assert main(["explain", "--config", cfg, req]) == 2
+
+
+WIRE = "abcXYZ019 -._~+/=.,:;\"'\\%\t\x00\xff"
+
+
+@pytest.mark.timeout(120)
+def test_hostile_captures_never_crash(pki: Pki, as_key: AsKey, k1: Signer, tmp_path: Path) -> None:
+    """Mutated captures (in the style of tests/dpop/test_e2e_mutations.py): a CaptureError or an
+    explanation with a 4xx answer or an allow; never a traceback, never a 5xx."""
+    import asyncio
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from gateway.config import parse_config
+    from gateway.explain import explain
+
+    cfg = parse_config(gateway_yaml(pki, config_body(as_key, "http://127.0.0.1:9")))
+    token = as_key.token(jkt=k1.jkt)
+    valid = _raw(token, proof_for(k1, token))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(pos=st.integers(0, len(valid)), cut=st.integers(0, 8), text=st.text(st.sampled_from(WIRE), max_size=8))
+    def run(pos: int, cut: int, text: str) -> None:
+        mutated = valid[:pos] + text + valid[pos + cut:]
+        try:
+            captured = parse_capture(mutated)
+        except CaptureError:
+            return
+        exp = asyncio.run(explain(cfg, captured))
+        assert exp.verdict in ("allow", "refuse"), exp.steps
+        assert exp.status is None or 400 <= exp.status < 500, (mutated, exp.steps)
+        assert not any(s.name == "internal" for s in exp.steps)
+
+    run()
