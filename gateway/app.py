@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -43,10 +43,14 @@ from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
 from .proxy.forward import BodyDeadlines, Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS, default_pseudonym
+from .report import debug_reason
 from .revocation import Revocation, build_denylist
 from .routing import Route, Router
 from .tls.clientcerts import ClientCertificates
 from .tls.names import server_names
+
+if TYPE_CHECKING:
+    from .bind.replay import ReplayStore
 
 __all__ = (
     "Authorized",
@@ -54,6 +58,7 @@ __all__ = (
     "GatewayState",
     "Progress",
     "RequestView",
+    "StageOverrides",
     "StateHolder",
     "authorize",
     "build_handler",
@@ -72,13 +77,29 @@ class Lifecycle(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StageOverrides:
+    """What ``gateway explain`` (issue #19) substitutes so the same stages decide offline and at
+    a chosen time: the clock every stage reads, a replay store of its own (an explained proof is
+    never consumed in the shared one), and no runtime revocation sync (Redis)."""
+
+    clock: Callable[[], float] | None = None
+    replay: ReplayStore | None = None
+    revocation_sync: bool = True
+    # (stage name, stage) -> a stage of the same protocol that delegates to it and records.
+    tap: Callable[[str, Any], Any] | None = None
+
+
 def build_pipeline(
-    cfg: GatewayConfig, metrics: Metrics, previous: GatewayState | None = None
+    cfg: GatewayConfig, metrics: Metrics, previous: GatewayState | None = None,
+    overrides: StageOverrides | None = None,
 ) -> tuple[AuthPipeline, list[Lifecycle], frozenset[str]]:
     """The auth stages for ``cfg``, their start/close hooks, and the header names they inject.
 
     ``metrics`` outlives reloads; stages count their own events on it (JWKS fetches, ...).
     """
+    ov = overrides or StageOverrides()
+    clock = ov.clock or time.time
     lifecycles: list[Lifecycle] = []
     injected: frozenset[str] = frozenset()
     from .bind import Binder  # step 4: DPoP proofs + replay store + cnf.x5t#S256 (issue 5)
@@ -88,15 +109,18 @@ def build_pipeline(
     keep = previous is not None and previous.cfg.dpop.replay == cfg.dpop.replay and isinstance(
         previous.replay_store, MemoryReplayStore
     )
-    binder = Binder(cfg.dpop, replay=previous.replay_store if keep and previous is not None else None)
+    replay = ov.replay if ov.replay is not None else (previous.replay_store if keep and previous is not None else None)
+    binder = Binder(cfg.dpop, replay=replay, clock=clock)
     lifecycles.append(binder)  # opens/closes the replay store's Redis pool
     from .credentials import extract_credentials  # steps 2, 3, 5 (issue 3)
     from .policy import check_policy, identity_header_names
     from .verify import AccessTokenVerifier
 
-    tokens = AccessTokenVerifier(cfg.issuers, events=metrics, denylist=build_denylist(cfg, previous))
+    tokens = AccessTokenVerifier(cfg.issuers, events=metrics, denylist=build_denylist(cfg, previous, clock=clock),
+                                 clock=clock)
     lifecycles.append(tokens)  # loads metadata + JWKS before serving; closes HTTP sessions
-    lifecycles.append(Revocation(cfg, tokens))  # the admin kill switch (issue #13); Redis sync
+    if ov.revocation_sync:
+        lifecycles.append(Revocation(cfg, tokens))  # the admin kill switch (issue #13); Redis sync
     injected = identity_header_names(route.auth for route in cfg.routes)
     from .verify.admission import request_source
 
@@ -105,6 +129,15 @@ def build_pipeline(
     proxies = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.listen.trusted_proxies)
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
                             source=partial(request_source, trusted_proxies=proxies))
+    if ov.tap is not None:  # explain: the same stage objects, each result and refusal recorded
+        pipeline = AuthPipeline(extract=ov.tap("credentials", extract_credentials), tokens=ov.tap("token", tokens),
+                                binder=ov.tap("binding", binder), policy=ov.tap("policy", check_policy),
+                                source=partial(request_source, trusted_proxies=proxies))
+    from .report import WOULD_REFUSE_HEADER, report_only  # issue #19: report-only routes
+
+    pipeline, reporting = report_only(cfg, pipeline, metrics.would_refuse)
+    metrics.report_only_routes(len(reporting))
+    injected |= {WOULD_REFUSE_HEADER.lower()}  # a client-sent copy never reaches the upstream
     return pipeline, lifecycles, injected
 
 
@@ -141,13 +174,14 @@ class GatewayState:
         metrics: Metrics,
         client_certs: ClientCertificates | None = None,
         previous: GatewayState | None = None,
+        overrides: StageOverrides | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         # Requests running on this state; a reload closes the old state once this reaches 0.
         self.in_flight = 0
         self.router = Router(cfg)
-        self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics, previous)
+        self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics, previous, overrides)
         self.replay_store = next((lc.replay for lc in self._lifecycles if hasattr(lc, "replay")), None)
         self.revocation = next((lc for lc in self._lifecycles if isinstance(lc, Revocation)), None)
         # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS
@@ -231,9 +265,10 @@ def build_state(
     metrics: Metrics | None = None,
     client_certs: ClientCertificates | None = None,
     previous: GatewayState | None = None,
+    overrides: StageOverrides | None = None,
 ) -> GatewayState:
     """``previous``: the state being replaced by a reload, whose long-lived parts may carry over."""
-    return GatewayState(cfg, metrics or Metrics(), client_certs, previous)
+    return GatewayState(cfg, metrics or Metrics(), client_certs, previous, overrides)
 
 
 # --- the request handler ---------------------------------------------------------------------
@@ -499,6 +534,9 @@ def refusal_response(exc: GatewayError, p: Progress, fapi_id: str) -> web.Respon
     resp = error_response(exc, p.challenge, fapi_id)
     if p.rt is not None and p.rt.headers.server_header is not None:  # proxy.server_header
         resp.headers["Server"] = p.rt.headers.server_header
+    debug = debug_reason(p.rt.route.config if p.rt is not None else None, exc)
+    if debug is not None:  # sandboxes only (issue #19): refused by check-config under fapi
+        resp.headers[debug[0]] = debug[1]
     if p.cors_origin is not None and p.rt is not None and p.rt.cors is not None:
         p.rt.cors.add_response_headers(resp.headers, p.cors_origin)
     return resp

@@ -44,6 +44,7 @@ AccessLogField = Literal[
     "remote",
     "jti",
     "sub",  # the token's subject: personal data in many deployments, so opt-in
+    "would_refuse",  # report-only routes: the reason code not enforced (issue #19)
 ]
 
 # Every field except the client address and the token id, which a deployment opts into.

@@ -81,6 +81,7 @@ class AccessRecord:
     jti: str | None = None
     mode: str = "proxy"
     sub: str | None = None  # opt-in field: a subject can be personal data
+    would_refuse: str | None = None
 
 
 def redact_query(query: str) -> str:
@@ -134,6 +135,7 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "remote": attrgetter("remote"),
     "jti": attrgetter("jti"),
     "sub": attrgetter("sub"),
+    "would_refuse": attrgetter("would_refuse"),
 }
 
 
@@ -165,6 +167,7 @@ def _default_line(r: AccessRecord, include_query: bool) -> str:
         + ',"upstream_status":' + _num(r.upstream_status)
         + ',"upstream_latency_ms":' + _num(_ms(r.upstream_latency_s))
         + ',"mode":' + _str(r.mode)
+        + ',"would_refuse":' + _str(r.would_refuse)
         + "}\n"
     )
 

@@ -29,6 +29,8 @@ What other stages call (all cheap, none blocks):
 ``metrics.malformed_request(listener)`` a request aiohttp's parser refused (400, closed)
 ``metrics.connection_closed(r)``        the listener closed a client connection (``listener.py``)
 ``metrics.connections_open``            gauge: established client connections
+``metrics.would_refuse(route, reason)`` a report-only route forwarded what it would refuse
+``metrics.report_only_routes(n)``       gauge: routes in report-only enforcement (issue #19)
 ======================================  ===============================================
 
 Stages that should not import this module take a small callback instead, e.g.
@@ -308,6 +310,17 @@ class Metrics:
             ("reason",),
             registry=r,
         )
+        # Issue #19: report-only rollout; alert on a gauge above 0 in production.
+        self.would_refuse_total = Counter(
+            "gateway_would_refuse_total",
+            "Requests a report-only route forwarded although the auth decision refused them, by route "
+            "and reason code.",
+            ("route", "reason"),
+            registry=r,
+        )
+        self.routes_report_only = Gauge(
+            "gateway_routes_report_only", "Routes whose auth.enforcement is report (not enforcing).", registry=r
+        )
         self._close_reasons = _LabelGuard(limit=8, preset=_CLOSE_REASONS)
         for reason in _CLOSE_REASONS:
             self.connections_closed.labels(reason)
@@ -379,6 +392,12 @@ class Metrics:
         self.config_risks_gauge.clear()
         for risk, level in risks:
             self.config_risks_gauge.labels(self._risks(risk), level).inc()
+
+    def would_refuse(self, route_id: str, reason: str) -> None:
+        self.would_refuse_total.labels(self._route_guard(route_id), self._reasons(reason)).inc()
+
+    def report_only_routes(self, count: int) -> None:
+        self.routes_report_only.set(count)
 
     def malformed_request(self, listener: str) -> None:
         self.malformed_requests.labels("admin" if listener == "admin" else "public").inc()

@@ -91,6 +91,7 @@ class Observer:
                 jti=token.jti if token is not None else None,
                 mode=mode,
                 sub=token.subject if token is not None else None,
+                would_refuse=decision.would_refuse if decision is not None else None,
             )
         )
 
