@@ -233,7 +233,12 @@ def build_state(
     previous: GatewayState | None = None,
 ) -> GatewayState:
     """``previous``: the state being replaced by a reload, whose long-lived parts may carry over."""
-    return GatewayState(cfg, metrics or Metrics(), client_certs, previous)
+    state = GatewayState(cfg, metrics or Metrics(), client_certs, previous)
+    if cfg.observability.tracing.enabled:  # OpenTelemetry (issue #19): not even imported when off
+        from .observability.tracing import instrument_state
+
+        instrument_state(state)
+    return state
 
 
 # --- the request handler ---------------------------------------------------------------------
@@ -505,4 +510,9 @@ def build_handler(
 ) -> GatewayHandler:
     """The public listener's handler for ``cfg`` (TLS is applied by the server that runs it)."""
     holder = StateHolder(state or build_state(cfg, metrics))
-    return GatewayHandler(holder, observer or Observer(holder.current.metrics))
+    handler = GatewayHandler(holder, observer or Observer(holder.current.metrics))
+    if cfg.observability.tracing.enabled:  # request spans (issue #19); a no-op until set up
+        from .observability.tracing import traced_handler
+
+        handler = traced_handler(handler)
+    return handler

@@ -93,6 +93,7 @@ _RESTART_ONLY = (
     "lifecycle.workers", "lifecycle.reload",
     "decision.enabled", "decision.grpc", "decision.http", "decision.tls",
     "observability.metrics",
+    "observability.tracing",  # the tracer provider and exporter are set up once per process
 )
 
 
@@ -150,6 +151,7 @@ class GatewayServer:
         self._retiring: set[GatewayState] = set()
         self._reload_lock = asyncio.Lock()
         self._config_digest: bytes | None = None
+        self._tracing = False
 
     # -- start ------------------------------------------------------------------------------
 
@@ -160,6 +162,13 @@ class GatewayServer:
             self.access_log = AccessLog(cfg.observability.access_log)
         if self.config_path is not None:
             self._config_digest = self._digest()
+        if cfg.observability.tracing.enabled:  # before any stage opens an HTTP client (issue #19)
+            try:
+                from .observability.tracing import setup_tracing
+            except ImportError as exc:  # the optional extra is not installed: say which
+                raise ConfigError(f"observability.tracing.enabled: needs the otel extra "
+                                  f"(pip install 'fapi-gateway[otel]'): {exc}") from None
+            self._tracing = setup_tracing(cfg.observability.tracing) is not None
         # The listener's client-certificate stage outlives config reloads: every state borrows it.
         metrics = self.metrics
         self.client_certs = ClientCertificates(cfg, on_untrusted_header=metrics.front_proxy_cert_dropped)
@@ -396,6 +405,11 @@ class GatewayServer:
             self._admin_runner = None
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
+        if self._tracing:  # flushes queued spans (bounded by the exporter's timeout)
+            from .observability.tracing import shutdown_tracing
+
+            self._tracing = False
+            await asyncio.to_thread(shutdown_tracing)
 
 
 # --- process entry points ---------------------------------------------------------------------
