@@ -37,6 +37,7 @@ from .errors import (
 from .model import AuthRequest, Decision, PeerCertificate
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, Observer
+from .observability.stages import time_replay_store
 from .origin import HostPolicy, PublicRequest
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
@@ -234,6 +235,7 @@ def build_state(
 ) -> GatewayState:
     """``previous``: the state being replaced by a reload, whose long-lived parts may carry over."""
     state = GatewayState(cfg, metrics or Metrics(), client_certs, previous)
+    time_replay_store(state.replay_store, state.metrics.replay_store_duration)  # Redis only (issue #19)
     if cfg.observability.tracing.enabled:  # OpenTelemetry (issue #19): not even imported when off
         from .observability.tracing import instrument_state
 

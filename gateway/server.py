@@ -46,6 +46,7 @@ from .config.risks import log_risks
 from .errors import ConfigError
 from .listener import ConnectionGuard, GuardedServer, GuardedSite
 from .observability.accesslog import AccessLog
+from .observability.certs import certificate_files
 from .observability.health import RedisProbe, stage_ready
 from .observability.logsetup import configure_logging
 from .observability.metrics import Metrics
@@ -160,14 +161,18 @@ class GatewayServer:
         cfg = self.cfg
         if self.access_log is None:
             self.access_log = AccessLog(cfg.observability.access_log)
+        self.access_log.on_drop = self.metrics.access_log_lost  # gateway_access_log_dropped_lines_total
+        # Expiry of the listener's certificate and every CA bundle of the running config (issue #19).
+        self.metrics.watch_certificates(lambda: certificate_files(self.cfg))
+        self.metrics.watch_state(lambda: self.handler.holder.current if self.handler is not None else None)
         if self.config_path is not None:
             self._config_digest = self._digest()
         if cfg.observability.tracing.enabled:  # before any stage opens an HTTP client (issue #19)
             try:
                 from .observability.tracing import setup_tracing
             except ImportError as exc:  # the optional extra is not installed: say which
-                raise ConfigError(f"observability.tracing.enabled: needs the otel extra "
-                                  f"(pip install 'fapi-gateway[otel]'): {exc}") from None
+                raise ConfigError([f"observability.tracing.enabled: needs the otel extra "
+                                   f"(pip install 'fapi-gateway[otel]'): {exc}"]) from None
             self._tracing = setup_tracing(cfg.observability.tracing) is not None
         # The listener's client-certificate stage outlives config reloads: every state borrows it.
         metrics = self.metrics
@@ -326,6 +331,7 @@ class GatewayServer:
     def _swap_access_log(self, cfg: GatewayConfig) -> None:
         assert self.handler is not None
         new_log = AccessLog(cfg.observability.access_log)
+        new_log.on_drop = self.metrics.access_log_lost
         old_log, self.access_log = self.access_log, new_log
         self.handler.observer.access_log = new_log
         if old_log is not None:
