@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.observability import tracing
 from tests.conftest import Pki
+from tests.ops.conftest import gateway_process, threaded_upstream  # noqa: F401 - fixtures of the e2e test
 from tests.tokens.authserver import AuthServer, ec_key, rsa_key
 from tests.tokens.conftest import FakeClock, _serve
 
