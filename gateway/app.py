@@ -37,6 +37,7 @@ from .errors import (
 from .model import AuthRequest, Decision, PeerCertificate, VerifiedToken
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, Observer
+from .observability.stages import time_replay_store
 from .origin import HostPolicy, PublicRequest
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
@@ -268,7 +269,13 @@ def build_state(
     overrides: StageOverrides | None = None,
 ) -> GatewayState:
     """``previous``: the state being replaced by a reload, whose long-lived parts may carry over."""
-    return GatewayState(cfg, metrics or Metrics(), client_certs, previous, overrides)
+    state = GatewayState(cfg, metrics or Metrics(), client_certs, previous, overrides)
+    time_replay_store(state.replay_store, state.metrics.replay_store_duration)  # Redis only (issue #19)
+    if cfg.observability.tracing.enabled:  # OpenTelemetry (issue #19): not even imported when off
+        from .observability.tracing import instrument_state
+
+        instrument_state(state)
+    return state
 
 
 # --- the request handler ---------------------------------------------------------------------
@@ -551,4 +558,9 @@ def build_handler(
 ) -> GatewayHandler:
     """The public listener's handler for ``cfg`` (TLS is applied by the server that runs it)."""
     holder = StateHolder(state or build_state(cfg, metrics))
-    return GatewayHandler(holder, observer or Observer(holder.current.metrics))
+    handler = GatewayHandler(holder, observer or Observer(holder.current.metrics))
+    if cfg.observability.tracing.enabled:  # request spans (issue #19); a no-op until set up
+        from .observability.tracing import traced_handler
+
+        handler = traced_handler(handler)
+    return handler

@@ -39,15 +39,20 @@ Stages that should not import this module take a small callback instead, e.g.
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import time
-from collections.abc import Iterable
-from typing import Final, Literal
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from typing import Any, Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .certs import CertificateExpiry
 from .hotpath import FastCounter, FastGauge, FastHistogram, HotPathCollector
+from .stages import REPLAY_BUCKETS, IssuerKeys
 
 __all__ = (
     "CONTENT_TYPE",
@@ -105,6 +110,20 @@ _CLOSE_REASONS: Final = ("header_timeout", "idle_evicted", "over_capacity", "sen
 _CODE = re.compile(r"^[a-z0-9_]{1,48}$")
 _ROUTE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEADER = re.compile(r"^[a-z0-9-]{1,64}$")
+
+
+_REVISION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def build_labels() -> tuple[str, str, str]:
+    """``(version, python, revision)`` for ``gateway_build_info``. The revision comes from the
+    image build (``GATEWAY_BUILD_REVISION``); anything that does not look like one is ``unknown``."""
+    try:
+        version = metadata.version("fapi-gateway")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    revision = os.environ.get("GATEWAY_BUILD_REVISION", "")
+    return version, platform.python_version(), revision if _REVISION.match(revision) else "unknown"
 
 
 def method_class(method: str) -> MethodClass:
@@ -293,6 +312,32 @@ class Metrics:
             "1 while the config file changes settings a reload cannot apply (listen, admin, ...).",
             registry=r,
         )
+        # What runs (issue #21): one series, value 1; a dashboard joins on it or shows the labels.
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "Version of the gateway, Python it runs on and the image's source revision (value 1).",
+            ("version", "python", "revision"),
+            registry=r,
+        )
+        self.build_info.labels(*build_labels()).set(1)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: with
+        # several workers, observability/multiprocess.py sums them (start time, fd limit: the max).
+        ProcessCollector(registry=r)
+        # The Redis replay store's SET NX round trip (observability/stages.py times it).
+        self.replay_store_duration = FastHistogram(
+            "gateway_replay_store_duration_seconds",
+            "DPoP replay-store round trip (Redis SET NX), failures included.",
+            ("store",),
+            REPLAY_BUCKETS,
+        )
+        self.replay_store_duration.series(("redis",))  # present from the start: dashboards and alerts
+        r.register(HotPathCollector(self.replay_store_duration))
+        self._issuer_keys: IssuerKeys | None = None
+        self.access_log_dropped = Counter(
+            "gateway_access_log_dropped_lines_total",
+            "Access-log lines lost: the writer's queue was full (stalled disk or stdout) or a write failed.",
+            registry=r,
+        )
         self.malformed_requests = Counter(
             "gateway_http_malformed_requests_total",
             "Requests refused by the HTTP parser (bad request line or header), by listener.",
@@ -321,6 +366,7 @@ class Metrics:
         self.routes_report_only = Gauge(
             "gateway_routes_report_only", "Routes whose auth.enforcement is report (not enforcing).", registry=r
         )
+        self._certs: CertificateExpiry | None = None
         self._close_reasons = _LabelGuard(limit=8, preset=_CLOSE_REASONS)
         for reason in _CLOSE_REASONS:
             self.connections_closed.labels(reason)
@@ -404,6 +450,28 @@ class Metrics:
 
     def connection_closed(self, reason: str) -> None:
         self.connections_closed.labels(self._close_reasons(reason)).inc()
+
+    def watch_certificates(self, files: Callable[[], list[tuple[str, str]]]) -> None:
+        """Export the expiry of the ``(kind, path)`` files ``files()`` names at each scrape
+        (``observability/certs.py``; the server passes its running configuration's)."""
+        if self._certs is None:
+            self._certs = CertificateExpiry(files)
+            self.registry.register(self._certs)
+        else:
+            self._certs.files = files
+
+    def watch_state(self, state: Callable[[], Any]) -> None:
+        """Export what the running ``GatewayState`` (``state()``) knows at scrape time: each
+        issuer's key-set age and staleness (``observability/stages.py``)."""
+        if self._issuer_keys is None:
+            self._issuer_keys = IssuerKeys(state)
+            self.registry.register(self._issuer_keys)
+        else:
+            self._issuer_keys.state = state
+
+    def access_log_lost(self, lines: int = 1) -> None:
+        """Access-log lines dropped (queue full or write failed); any thread."""
+        self.access_log_dropped.inc(lines)
 
     # -- exposition ---------------------------------------------------------------------------
 

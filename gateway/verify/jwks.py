@@ -152,6 +152,11 @@ class JwksCache:
     def ready(self) -> bool:
         return self._current() is not None
 
+    @property
+    def loaded_at(self) -> float:
+        """When the key set in use was loaded (Unix time; 0: never). For the metrics' staleness."""
+        return self._loaded_at
+
     async def start(self) -> None:
         """Load the keys before serving; a failure is logged and retried, requests get 503 until then."""
         await self._refresh(force=True)
