@@ -32,6 +32,7 @@ from .errors import (
     GatewayError,
     MethodNotAllowedError,
     OAuthError,
+    RateLimitedError,
     Scheme,
 )
 from .model import AuthRequest, Decision, PeerCertificate
@@ -103,8 +104,14 @@ def build_pipeline(
     # Who an introspection call counts against (verify/admission.py); behind a trusted front
     # proxy, the client it forwarded for.
     proxies = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.listen.trusted_proxies)
+    from .ratelimit import build_rate_limiter  # issue #18: limits and abuse budgets, around the decision
+
+    limits = build_rate_limiter(cfg, metrics.rate_limit_decision, previous.pipeline.limits if previous else None,
+                                proxies)
+    if limits is not None:
+        lifecycles.append(limits)
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
-                            source=partial(request_source, trusted_proxies=proxies))
+                            source=partial(request_source, trusted_proxies=proxies), limits=limits)
     return pipeline, lifecycles, injected
 
 
@@ -260,6 +267,10 @@ def error_response(
         body["error_description"] = exc.description[:200]
     if isinstance(exc, DependencyError) and exc.retry_after_s:
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, RateLimitedError):  # gateway.ratelimit: which limit, and when to retry
+        headers["Retry-After"] = str(exc.retry_after_s)
+        headers.extend(exc.fields)
+        body["limit"] = exc.limit_id
     resp = web.Response(
         status=exc.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
     )
@@ -299,7 +310,7 @@ class RequestView(Protocol):
 class Progress:
     """What is learnt on the way to a decision; the caller's ``finally`` reads it (metrics, log)."""
 
-    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "route_id", "rt", "t_auth")
+    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "limit", "route_id", "rt", "t_auth")
 
     def __init__(self) -> None:
         self.route_id: str | None = None
@@ -309,6 +320,7 @@ class Progress:
         self.t_auth: float | None = None
         self.auth_s: float | None = None
         self.decision: Decision | None = None
+        self.limit: str | None = None  # the rate limit that refused the request (access log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +479,8 @@ class GatewayHandler:
             # FAPI-03: every log entry about a request names its x-fapi-interaction-id.
             log.debug("refused %s %s: %s (x-fapi-interaction-id %s)", request.method, request.path, exc.reason, fapi_id)
             status, reason = exc.status, exc.reason
+            if isinstance(exc, RateLimitedError):
+                p.limit = exc.limit_id
             return refusal_response(exc, p, fapi_id)
         except asyncio.CancelledError:
             status, reason = CLIENT_CLOSED, "client_closed"
@@ -484,7 +498,7 @@ class GatewayHandler:
             self.observer.finished(
                 request, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, upstream_status=up_status,
-                upstream_s=up_s,
+                upstream_s=up_s, limit=p.limit,
             )
 
 

@@ -34,6 +34,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
     ├── ClientBodyError                   400 (the request body broke off or did not parse)
     ├── UntrustedCallerError              403 (a decision check from a peer not trusted to ask)
+    ├── RateLimitedError                  429 + Retry-After, RateLimit fields (names the limit)
     └── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
@@ -69,6 +70,7 @@ __all__ = (
     "MissingCredentialsError",
     "OAuthError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "ReplayStoreUnavailableError",
     "RequestTimeoutError",
     "RevocationDataStaleError",
@@ -320,6 +322,28 @@ class DecisionBusyError(DependencyError):
 
     default_reason = "decision_busy"
     retry_after_s = 1
+
+
+class RateLimitedError(GatewayError):
+    """A limit of ``rate_limits:`` refused the request (RFC 6585 §4). ``limit_id`` names it (body,
+    access log, metrics); ``fields`` are its ``RateLimit-Policy`` / ``RateLimit`` header fields."""
+
+    status = 429
+    default_reason = "rate_limited"
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        limit_id: str,
+        retry_after_s: int,
+        fields: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.limit_id = limit_id
+        self.retry_after_s = max(1, retry_after_s)
+        self.fields = fields
 
 
 class ConfigError(Exception):

@@ -43,11 +43,12 @@ AccessLogField = Literal[
     "mode",  # proxy, or the decision front that asked (issue #15)
     "remote",
     "jti",
+    "limit",  # the rate limit that refused the request (issue #18)
 ]
 
 # Every field except the client address and the token id, which a deployment opts into.
 DEFAULT_ACCESS_LOG_FIELDS: Final[tuple[AccessLogField, ...]] = tuple(
-    f for f in get_args(AccessLogField) if f not in ("remote", "jti")
+    f for f in get_args(AccessLogField) if f not in ("remote", "jti", "limit")
 )
 
 

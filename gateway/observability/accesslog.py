@@ -80,6 +80,7 @@ class AccessRecord:
     remote: str | None = None
     jti: str | None = None
     mode: str = "proxy"
+    limit: str | None = None
 
 
 def redact_query(query: str) -> str:
@@ -132,6 +133,7 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "mode": attrgetter("mode"),
     "remote": attrgetter("remote"),
     "jti": attrgetter("jti"),
+    "limit": attrgetter("limit"),
 }
 
 

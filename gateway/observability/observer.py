@@ -56,6 +56,7 @@ class Observer:
         upstream_status: int | None = None,
         upstream_s: float | None = None,
         mode: str = "proxy",
+        limit: str | None = None,
     ) -> None:
         """Count and log one finished request. ``started`` is a ``time.perf_counter()`` value."""
         elapsed = time.perf_counter() - started
@@ -88,6 +89,7 @@ class Observer:
                 remote=request.remote,
                 jti=token.jti if token is not None else None,
                 mode=mode,
+                limit=limit,
             )
         )
 
