@@ -19,7 +19,7 @@ from .model import ALLOW_ANONYMOUS, AuthRequest, Binding, Credentials, Decision,
 from .verify.admission import request_source
 
 if TYPE_CHECKING:
-    from .ratelimit import RateLimiter
+    from .ratelimit import RateLimiter, Ride
 
 __all__ = ("AuthPipeline", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
 
@@ -78,15 +78,18 @@ class AuthPipeline:
         # Before any token work: a source that spent its budget of refusals is refused (429).
         source = self._source(req)
         limits.admit(source)
+        ride = limits.ride(req, route)
         try:
-            decision = await self._decide(req, route, source)
+            decision = await self._decide(req, route, source, ride)
         except OAuthError as exc:
             await limits.refused(source, exc)
             raise
         # After it: the route's limits, keyed by what was verified (429 when one is exceeded).
-        return await limits.check(req, route, decision)
+        return await limits.check(req, route, decision, ride)
 
-    async def _decide(self, req: AuthRequest, route: RouteConfig, source: str | None) -> Decision:
+    async def _decide(
+        self, req: AuthRequest, route: RouteConfig, source: str | None, ride: Ride | None = None
+    ) -> Decision:
         policy = route.auth
         if not isinstance(policy, AuthPolicy):  # explicit ``auth: none``
             return ALLOW_ANONYMOUS
@@ -94,7 +97,15 @@ class AuthPipeline:
         try:
             # source: the client an introspection call counts against (verify/admission.py).
             token = await self._tokens.verify(creds.token, policy, source=source or self._source(req))
-            binding = await self._binder.check(req, creds, token, policy)
+            if ride is None:
+                binding = await self._binder.check(req, creds, token, policy)
+            else:
+                # The route's limits go in the DPoP replay check's Redis script: one round trip.
+                armed = ride.arm(token)
+                try:
+                    binding = await self._binder.check(req, creds, token, policy)
+                finally:
+                    ride.disarm(armed)
             return self._policy(req, token, binding, policy)
         except OAuthError as exc:
             if exc.scheme is None:

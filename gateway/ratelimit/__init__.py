@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import ipaddress
 import logging
@@ -30,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from cachetools import TLRUCache
 
+from ..bind.redis_client import PipelinedRedis, RedisUnavailableError
+from ..bind.replay import REPLAY_RIDER, ReplayRider
 from ..config.ratelimit import LimitConfig, RateLimitsConfig
 from ..errors import MissingCredentialsError, OAuthError, RateLimitedError, UseDpopNonceError
-from ..model import AuthRequest, Decision
+from ..model import AuthRequest, Decision, VerifiedToken
 from ..verify.admission import request_source
 from .fields import DRAFT, policy_field, state_field, tightest
 from .store import (
@@ -42,13 +45,15 @@ from .store import (
     LocalLimitStore,
     Outcome,
     RedisLimitStore,
+    outcomes,
+    replay_and_limit_command,
     storage_key,
 )
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig, RouteConfig
 
-__all__ = ("DRAFT", "RateLimiter", "build_rate_limiter")
+__all__ = ("DRAFT", "RateLimiter", "Ride", "build_rate_limiter")
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,8 @@ class RateLimiter:
         self.store = store
         self.fallback = fallback or LocalLimitStore(max_keys=cfg.max_local_keys)
         self._record = record or (lambda _limit, _outcome: None)
+        # The limits go in the DPoP replay store's script (same Redis, standalone): build_rate_limiter.
+        self.rides_with_replay = False
         self._trusted = trusted_proxies
         self._clock = clock
         self._prefix: bytes = getattr(store, "prefix", b"")
@@ -147,10 +154,10 @@ class RateLimiter:
     # --- after the decision: identity limits --------------------------------------------------
 
     def key_parts(
-        self, limit: LimitConfig, req: AuthRequest, route_id: str, decision: Decision
+        self, limit: LimitConfig, req: AuthRequest, route_id: str, token: VerifiedToken | None, jkt: str | None
     ) -> tuple[str, ...] | None:
-        """The values of ``limit``'s key parts for this request; None when one is unknown."""
-        token = decision.token
+        """The values of ``limit``'s key parts for this request; None when one is unknown.
+        ``jkt``: the DPoP key proven for this request (the token's ``cnf.jkt``), if any."""
         out: list[str] = []
         for part in limit.key:
             value: Any
@@ -159,9 +166,7 @@ class RateLimiter:
             elif part == "sub":
                 value = token.subject if token is not None else None
             elif part == "jkt":
-                # The proven key: the binding's thumbprint when DPoP was checked (= cnf.jkt).
-                binding = decision.binding
-                value = binding.thumbprint if binding.type == "dpop" else None
+                value = jkt
             elif part == "cert_thumbprint":
                 value = req.peer_cert.x5t_s256 if req.peer_cert is not None else None
             elif part == "route":
@@ -192,22 +197,36 @@ class RateLimiter:
             return False
         return any(addr in net for net in self._trusted)
 
-    def checks(self, req: AuthRequest, route_id: str, decision: Decision) -> list[Check]:
+    def checks(
+        self, req: AuthRequest, route_id: str, token: VerifiedToken | None, jkt: str | None
+    ) -> list[Check]:
         plan = self._plans.get(route_id)
         if plan is None or not plan.limits:
             return []
         out = []
         for limit in plan.limits:
-            parts = self.key_parts(limit, req, route_id, decision)
+            parts = self.key_parts(limit, req, route_id, token, jkt)
             if parts is not None:
                 key, tag = storage_key(self._prefix, limit, parts)
                 out.append(Check(limit, key, tag))
         return out
 
-    async def check(self, req: AuthRequest, route: RouteConfig, decision: Decision) -> Decision:
+    def ride(self, req: AuthRequest, route: RouteConfig) -> Ride | None:
+        """A ``Ride`` when this route's limits can go with the DPoP replay check (same Redis)."""
+        if not self.rides_with_replay:
+            return None
+        plan = self._plans.get(route.id)
+        return Ride(self, req, route.id) if plan is not None and plan.limits else None
+
+    async def check(
+        self, req: AuthRequest, route: RouteConfig, decision: Decision, ride: Ride | None = None
+    ) -> Decision:
         """The route's limits for an allowed decision: the decision (with RateLimit fields when the
         route asks), or ``RateLimitedError``."""
-        checks = self.checks(req, route.id, decision)
+        if ride is not None and ride.outcomes is not None:  # already checked with the replay SET
+            return self.judge(route.id, ride.outcomes, decision)
+        binding = decision.binding
+        checks = self.checks(req, route.id, decision.token, binding.thumbprint if binding.type == "dpop" else None)
         if not checks:
             return decision
         try:
@@ -279,6 +298,49 @@ class RateLimiter:
         }
 
 
+class Ride:
+    """One request's limits riding on its DPoP replay check: ``arm`` (once the token is verified)
+    makes ``RedisReplayStore.first_use`` send the ``SET NX`` and the limits as ONE script on its
+    pipelined connection; a replay consumes nothing. Not armed, or the replay check never ran (a
+    refused proof, an in-memory or cluster replay store): ``check`` makes its own call."""
+
+    __slots__ = ("checks", "limiter", "outcomes", "req", "route_id")
+
+    def __init__(self, limiter: RateLimiter, req: AuthRequest, route_id: str) -> None:
+        self.limiter = limiter
+        self.req = req
+        self.route_id = route_id
+        self.checks: list[Check] = []
+        self.outcomes: list[Outcome] | None = None
+
+    def arm(self, token: VerifiedToken) -> contextvars.Token[ReplayRider | None] | None:
+        # Keyed by cnf.jkt: the proof is held to that key before the replay check runs.
+        if token.cnf_jkt is None:
+            return None
+        self.checks = self.limiter.checks(self.req, self.route_id, token, token.cnf_jkt)
+        return REPLAY_RIDER.set(self) if self.checks else None
+
+    @staticmethod
+    def disarm(armed: contextvars.Token[ReplayRider | None] | None) -> None:
+        if armed is not None:
+            REPLAY_RIDER.reset(armed)
+
+    async def first_use(self, redis: PipelinedRedis, name: bytes, ttl_ms: int) -> bool:
+        try:
+            reply = await redis.execute(replay_and_limit_command(name, ttl_ms, self.checks))
+        except RedisUnavailableError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            reply = await redis.execute(replay_and_limit_command(name, ttl_ms, self.checks, sha=False))
+        if reply is None:
+            return False  # a replay: nothing consumed
+        try:
+            self.outcomes = outcomes(self.checks, reply)
+        except LimitStoreUnavailableError as exc:
+            raise RedisUnavailableError("unexpected reply from the replay-and-limit script") from exc
+        return True
+
+
 def build_rate_limiter(
     cfg: GatewayConfig,
     record: Recorder | None = None,
@@ -301,5 +363,13 @@ def build_rate_limiter(
             store = LocalLimitStore(max_keys=rl.max_local_keys)
     else:
         store = RedisLimitStore(rl.redis_settings(cfg.dpop.replay.redis))
-    return RateLimiter(rl, [r.id for r in cfg.routes], store, fallback=fallback, record=record,
-                       trusted_proxies=trusted_proxies)
+    limiter = RateLimiter(rl, [r.id for r in cfg.routes], store, fallback=fallback, record=record,
+                          trusted_proxies=trusted_proxies)
+    replay = cfg.dpop.replay
+    mine = rl.redis_settings(replay.redis)
+    # One Redis for both, reached the same way: then a DPoP request's limits ride on its replay check.
+    limiter.rides_with_replay = (
+        rl.backend == "redis" and replay.backend == "redis" and replay.redis.mode == mine.mode == "standalone"
+        and mine.url == replay.redis.url and mine.password == replay.redis.password
+    )
+    return limiter

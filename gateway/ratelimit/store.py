@@ -38,8 +38,9 @@ from ..config.dpop import RedisReplayConfig
 from ..config.ratelimit import LimitConfig
 
 __all__ = (
-    "LIMIT_SCRIPT", "Check", "LimitStore", "LimitStoreUnavailableError", "LocalLimitStore", "Outcome",
-    "RedisLimitStore", "limit_args", "storage_key",
+    "LIMIT_SCRIPT", "REPLAY_AND_LIMIT_SCRIPT", "Check", "LimitStore", "LimitStoreUnavailableError",
+    "LocalLimitStore", "Outcome", "RedisLimitStore", "limit_args", "outcomes", "replay_and_limit_command",
+    "storage_key",
 )
 
 
@@ -80,17 +81,19 @@ def limit_args(limit: LimitConfig) -> tuple[bytes, bytes, bytes]:
     return b"g", str(interval).encode(), str(interval * limit.capacity).encode()
 
 
-# KEYS: one per limit. ARGV[1]: "c" consume / "p" peek; then kind, a, b per limit.
-# Returns 4 integers per limit: allowed (1/0), remaining, retry-after (us), reset (us).
-LIMIT_SCRIPT = b"""
-local peek = ARGV[1] == 'p'
+# The limits, after k0 other keys and a0 - 1 other arguments: KEYS, one per limit; ARGV[a0]: "c"
+# consume / "p" peek; then kind, a, b per limit. Returns 4 integers per limit: allowed (1/0),
+# remaining, retry-after (us), reset (us).
+_LIMITS_BODY = b"""
+local peek = ARGV[a0] == 'p'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out, put, ok = {}, {}, true
-for i = 1, #KEYS do
-  local kind, a, b = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+for i = 1, #KEYS - k0 do
+  local key = KEYS[k0 + i]
+  local kind, a, b = ARGV[a0 + 3 * i - 2], tonumber(ARGV[a0 + 3 * i - 1]), tonumber(ARGV[a0 + 3 * i])
   if kind == 'g' then
-    local tat = tonumber(redis.call('GET', KEYS[i])) or now
+    local tat = tonumber(redis.call('GET', key)) or now
     if tat < now then tat = now end
     local ahead = tat + a - now
     if ahead > b then
@@ -102,7 +105,7 @@ for i = 1, #KEYS do
     end
   else
     local start = now - (now % b)
-    local w = redis.call('HMGET', KEYS[i], 'w', 'c')
+    local w = redis.call('HMGET', key, 'w', 'c')
     local used = 0
     if tonumber(w[1]) == start then used = tonumber(w[2]) end
     local reset = start + b - now
@@ -118,16 +121,40 @@ end
 if ok and not peek then
   for i, v in pairs(put) do
     if v[3] == nil then
-      redis.call('SET', KEYS[i], string.format('%d', v[1]), 'PX', math.ceil(v[2] / 1000) + 1000)
+      redis.call('SET', KEYS[k0 + i], string.format('%d', v[1]), 'PX', math.ceil(v[2] / 1000) + 1000)
     else
-      redis.call('HSET', KEYS[i], 'w', string.format('%d', v[1]), 'c', v[3])
-      redis.call('PEXPIRE', KEYS[i], math.ceil(v[2] / 1000) + 1000)
+      redis.call('HSET', KEYS[k0 + i], 'w', string.format('%d', v[1]), 'c', v[3])
+      redis.call('PEXPIRE', KEYS[k0 + i], math.ceil(v[2] / 1000) + 1000)
     end
   end
 end
 return out
 """
+LIMIT_SCRIPT = b"local k0, a0 = 0, 1\n" + _LIMITS_BODY
+# A DPoP request: KEYS[1] is the proof's replay key, ARGV[1] its TTL (ms). A replay (the key
+# exists) returns nil and consumes no limit; a first use records it, then checks the limits.
+REPLAY_AND_LIMIT_SCRIPT = (
+    b"if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return false end\n"
+    b"local k0, a0 = 1, 2\n" + _LIMITS_BODY
+)
 LIMIT_SHA = hashlib.sha1(LIMIT_SCRIPT).hexdigest().encode()  # noqa: S324 - Redis names scripts by SHA-1
+REPLAY_AND_LIMIT_SHA = hashlib.sha1(REPLAY_AND_LIMIT_SCRIPT).hexdigest().encode()  # noqa: S324
+
+
+def replay_and_limit_command(name: bytes, ttl_ms: int, checks: Sequence[Check], *, sha: bool = True) -> bytes:
+    """The DPoP ``SET NX`` of ``name`` and the limits of ``checks``, as one EVALSHA (or EVAL)."""
+    args: list[bytes] = [b"EVALSHA" if sha else b"EVAL", REPLAY_AND_LIMIT_SHA if sha else REPLAY_AND_LIMIT_SCRIPT,
+                         str(len(checks) + 1).encode(), name]
+    args.extend(c.key for c in checks)
+    args.append(str(ttl_ms).encode())
+    args.append(b"c")
+    for c in checks:
+        args.extend(limit_args(c.limit))
+    return pack_command(*args)
+
+
+def outcomes(checks: Sequence[Check], reply: Any) -> list[Outcome]:
+    return _outcomes(checks, reply)
 
 
 def _outcomes(checks: Sequence[Check], reply: Any) -> list[Outcome]:

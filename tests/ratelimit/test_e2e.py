@@ -115,3 +115,30 @@ async def test_admin_reads_the_usage_of_a_key(
     assert (await _admin(gw, "/admin/ratelimit/usage?limit=nope&client_id=x", admin_token))[0] == 404
     assert (await _admin(gw, "/admin/ratelimit/usage?limit=tpp-daily", admin_token))[0] == 400
     assert (await _admin(gw, "/admin/ratelimit/usage?limit=tpp-daily&client_id=tpp-1"))[0] == 401
+
+
+async def test_dpop_route_checks_replay_and_limits_in_one_round_trip(
+    gateway: Any, upstream: Any, as_key: AsKey, send: Send, k1: Signer, redis_url: str, redis_key_prefix: str,
+) -> None:
+    """Same Redis for the replay store and the limits: one command per request, the replay SET NX and
+    every limit of the route in one script; the limiter's own connection is never used."""
+    gw = await gateway(limited_body(as_key, upstream.url, redis_url, _prefix(redis_key_prefix), LIMITS))
+    state = gw.handler.holder.current
+    limiter = state.pipeline.limits
+    assert limiter is not None and limiter.rides_with_replay
+    token = as_key.token(jkt=k1.jkt)
+    assert (await send(gw.port, headers=dpop_headers(token, proof_for(k1, token))))[0] == 200  # connects
+    sent: list[bytes] = []
+    pipelined = state.replay_store._pipelined
+    real = pipelined.execute
+
+    async def counting(command: bytes) -> Any:
+        sent.append(command)
+        return await real(command)
+
+    pipelined.execute = counting
+    answers = [await send(gw.port, headers=dpop_headers(token, proof_for(k1, token))) for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 429]
+    assert len(sent) == 3 and all(c.split(b"\r\n")[2] == b"EVALSHA" for c in sent)
+    own = limiter.store.pipelined
+    assert own is None or own.connection_number == 0  # never connected
