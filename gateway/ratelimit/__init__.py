@@ -46,6 +46,7 @@ from .store import (
     Outcome,
     RedisLimitStore,
     outcomes,
+    packed_tail,
     replay_and_limit_command,
     storage_key,
 )
@@ -64,6 +65,7 @@ Recorder = Callable[[str, str], None]
 # Sources blocked at once in one process; beyond, the soonest to expire are forgotten first.
 _BLOCKED_SOURCES = 10_000
 SOURCE_BUDGET_ID = "source_budget"
+_KEY_CACHE = 50_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +73,16 @@ class _RoutePlan:
     limits: tuple[LimitConfig, ...]
     headers: bool
     policy: str  # the RateLimit-Policy field value
+    # The packed tail of the replay-and-limit command when every limit applies, per replay TTL.
+    tails: dict[int, bytes] = dataclasses.field(default_factory=dict)
+
+    def tail(self, ttl_ms: int, checks: Sequence[Check]) -> bytes | None:
+        if len(checks) != len(self.limits):  # a limit without its key part: packed afresh
+            return None
+        tail = self.tails.get(ttl_ms)
+        if tail is None:
+            tail = self.tails[ttl_ms] = packed_tail(ttl_ms, self.limits)
+        return tail
 
 
 class RateLimiter:
@@ -98,6 +110,8 @@ class RateLimiter:
         self._clock = clock
         self._prefix: bytes = getattr(store, "prefix", b"")
         self._plans: dict[str, _RoutePlan] = {}
+        # (limit id, key part values) -> its Check: the storage key's hash, once per client.
+        self._keys: dict[tuple[str, tuple[str, ...]], Check] = {}
         for rid in route_ids:
             limits = cfg.limits_for(rid)
             self._plans[rid] = _RoutePlan(limits, cfg.headers_for(rid), policy_field(limits))
@@ -204,11 +218,18 @@ class RateLimiter:
         if plan is None or not plan.limits:
             return []
         out = []
+        keys = self._keys
         for limit in plan.limits:
             parts = self.key_parts(limit, req, route_id, token, jkt)
             if parts is not None:
-                key, tag = storage_key(self._prefix, limit, parts)
-                out.append(Check(limit, key, tag))
+                check = keys.get((limit.id, parts))
+                if check is None:
+                    key, tag = storage_key(self._prefix, limit, parts)
+                    check = Check(limit, key, tag)
+                    if len(keys) >= _KEY_CACHE:  # bounded; refilled by the clients seen next
+                        keys.clear()
+                    keys[(limit.id, parts)] = check
+                out.append(check)
         return out
 
     def ride(self, req: AuthRequest, route: RouteConfig) -> Ride | None:
@@ -216,7 +237,7 @@ class RateLimiter:
         if not self.rides_with_replay:
             return None
         plan = self._plans.get(route.id)
-        return Ride(self, req, route.id) if plan is not None and plan.limits else None
+        return Ride(self, req, route.id, plan) if plan is not None and plan.limits else None
 
     async def check(
         self, req: AuthRequest, route: RouteConfig, decision: Decision, ride: Ride | None = None
@@ -304,12 +325,13 @@ class Ride:
     pipelined connection; a replay consumes nothing. Not armed, or the replay check never ran (a
     refused proof, an in-memory or cluster replay store): ``check`` makes its own call."""
 
-    __slots__ = ("checks", "limiter", "outcomes", "req", "route_id")
+    __slots__ = ("checks", "limiter", "outcomes", "plan", "req", "route_id")
 
-    def __init__(self, limiter: RateLimiter, req: AuthRequest, route_id: str) -> None:
+    def __init__(self, limiter: RateLimiter, req: AuthRequest, route_id: str, plan: _RoutePlan) -> None:
         self.limiter = limiter
         self.req = req
         self.route_id = route_id
+        self.plan = plan
         self.checks: list[Check] = []
         self.outcomes: list[Outcome] | None = None
 
@@ -327,7 +349,8 @@ class Ride:
 
     async def first_use(self, redis: PipelinedRedis, name: bytes, ttl_ms: int) -> bool:
         try:
-            reply = await redis.execute(replay_and_limit_command(name, ttl_ms, self.checks))
+            reply = await redis.execute(
+                replay_and_limit_command(name, ttl_ms, self.checks, tail=self.plan.tail(ttl_ms, self.checks)))
         except RedisUnavailableError as exc:
             if "NOSCRIPT" not in str(exc):
                 raise

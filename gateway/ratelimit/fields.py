@@ -39,6 +39,8 @@ def state_field(outcome: Outcome) -> str:
 
 def tightest(outcomes: Sequence[Outcome]) -> Outcome:
     """The refusing limit that frees up last; when all allow, the one with the fewest left."""
+    if len(outcomes) == 1:
+        return outcomes[0]
     refused = [o for o in outcomes if not o.allowed]
     if refused:
         return max(refused, key=lambda o: o.retry_after_s)

@@ -39,7 +39,8 @@ from ..config.ratelimit import LimitConfig
 
 __all__ = (
     "LIMIT_SCRIPT", "REPLAY_AND_LIMIT_SCRIPT", "Check", "LimitStore", "LimitStoreUnavailableError",
-    "LocalLimitStore", "Outcome", "RedisLimitStore", "limit_args", "outcomes", "replay_and_limit_command",
+    "LocalLimitStore", "Outcome", "RedisLimitStore", "limit_args", "outcomes", "packed_tail",
+    "replay_and_limit_command",
     "storage_key",
 )
 
@@ -57,7 +58,7 @@ class Check:
     tag: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made on every limited request, and a frozen init costs more
 class Outcome:
     limit: LimitConfig
     allowed: bool
@@ -141,16 +142,38 @@ LIMIT_SHA = hashlib.sha1(LIMIT_SCRIPT).hexdigest().encode()  # noqa: S324 - Redi
 REPLAY_AND_LIMIT_SHA = hashlib.sha1(REPLAY_AND_LIMIT_SCRIPT).hexdigest().encode()  # noqa: S324
 
 
-def replay_and_limit_command(name: bytes, ttl_ms: int, checks: Sequence[Check], *, sha: bool = True) -> bytes:
-    """The DPoP ``SET NX`` of ``name`` and the limits of ``checks``, as one EVALSHA (or EVAL)."""
-    args: list[bytes] = [b"EVALSHA" if sha else b"EVAL", REPLAY_AND_LIMIT_SHA if sha else REPLAY_AND_LIMIT_SCRIPT,
-                         str(len(checks) + 1).encode(), name]
-    args.extend(c.key for c in checks)
-    args.append(str(ttl_ms).encode())
-    args.append(b"c")
-    for c in checks:
-        args.extend(limit_args(c.limit))
-    return pack_command(*args)
+# The fixed parts of the replay-and-limit command, packed once per shape (it is on the hot path).
+_PACKED: dict[tuple[Any, ...], bytes] = {}
+
+
+def _packed_head(n_keys: int, sha: bool) -> bytes:
+    head = _PACKED.get(("head", n_keys, sha))
+    if head is None:
+        script = REPLAY_AND_LIMIT_SHA if sha else REPLAY_AND_LIMIT_SCRIPT
+        n_args = 3 + n_keys + 2 + 3 * (n_keys - 1)
+        head = b"*%d\r\n" % n_args + pack_command(b"EVALSHA" if sha else b"EVAL", script, b"%d" % n_keys)[
+            len(b"*3\r\n"):]
+        _PACKED[("head", n_keys, sha)] = head
+    return head
+
+
+def packed_tail(ttl_ms: int, limits: Sequence[LimitConfig]) -> bytes:
+    """The arguments after the keys: the replay TTL, "consume", and each limit's parameters."""
+    args = [b"%d" % ttl_ms, b"c"]
+    for lim in limits:
+        args.extend(limit_args(lim))
+    return pack_command(*args)[len(b"*%d\r\n" % len(args)):]
+
+
+def replay_and_limit_command(
+    name: bytes, ttl_ms: int, checks: Sequence[Check], *, sha: bool = True, tail: bytes | None = None
+) -> bytes:
+    """The DPoP ``SET NX`` of ``name`` and the limits of ``checks``, as one EVALSHA (or EVAL).
+    ``tail``: ``packed_tail`` of these limits, when the caller keeps it."""
+    parts = [_packed_head(len(checks) + 1, sha), b"$%d\r\n%b\r\n" % (len(name), name)]
+    parts.extend(b"$%d\r\n%b\r\n" % (len(c.key), c.key) for c in checks)
+    parts.append(tail if tail is not None else packed_tail(ttl_ms, [c.limit for c in checks]))
+    return b"".join(parts)
 
 
 def outcomes(checks: Sequence[Check], reply: Any) -> list[Outcome]:
@@ -162,7 +185,7 @@ def _outcomes(checks: Sequence[Check], reply: Any) -> list[Outcome]:
         raise LimitStoreUnavailableError("unexpected reply from the limit script")
     out = []
     for n, check in enumerate(checks):
-        allowed, remaining, retry_us, reset_us = (int(v) for v in reply[4 * n: 4 * n + 4])
+        allowed, remaining, retry_us, reset_us = reply[4 * n: 4 * n + 4]  # integers (hiredis)
         out.append(Outcome(check.limit, allowed == 1, max(0, remaining), retry_us / 1e6, max(0, reset_us) / 1e6))
     return out
 
