@@ -479,8 +479,6 @@ class GatewayHandler:
             # FAPI-03: every log entry about a request names its x-fapi-interaction-id.
             log.debug("refused %s %s: %s (x-fapi-interaction-id %s)", request.method, request.path, exc.reason, fapi_id)
             status, reason = exc.status, exc.reason
-            if isinstance(exc, RateLimitedError):
-                p.limit = exc.limit_id
             return refusal_response(exc, p, fapi_id)
         except asyncio.CancelledError:
             status, reason = CLIENT_CLOSED, "client_closed"
@@ -504,6 +502,9 @@ class GatewayHandler:
 
 def refusal_response(exc: GatewayError, p: Progress, fapi_id: str) -> web.Response:
     """The refusal as the client gets it: ``error_response`` plus the route's CORS headers."""
+    if isinstance(exc, RateLimitedError):  # for the access log: which limit, and whom it throttled
+        p.limit = exc.limit_id
+        p.decision = exc.decision or p.decision
     resp = error_response(exc, p.challenge, fapi_id)
     if p.cors_origin is not None and p.rt is not None and p.rt.cors is not None:
         p.rt.cors.add_response_headers(resp.headers, p.cors_origin)

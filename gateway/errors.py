@@ -42,7 +42,10 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from .model import Decision
 
 Scheme = Literal["Bearer", "DPoP"]
 
@@ -339,11 +342,14 @@ class RateLimitedError(GatewayError):
         retry_after_s: int,
         fields: tuple[tuple[str, str], ...] = (),
         reason: str | None = None,
+        decision: Decision | None = None,
     ) -> None:
         super().__init__(description, reason=reason)
         self.limit_id = limit_id
         self.retry_after_s = max(1, retry_after_s)
         self.fields = fields
+        # Who was throttled (verified: identity limits run after the decision), for the access log.
+        self.decision = decision
 
 
 class ConfigError(Exception):

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from .schema import GatewayConfig
 
 __all__ = (
-    "KEY_PARTS", "LimitConfig", "RateLimitsConfig", "RouteLimits", "SourceBudget", "check_rate_limits",
+    "KEY_PARTS", "LimitConfig", "RateLimitsConfig", "RouteLimits", "SourceBudget", "check_local_workers",
+    "check_rate_limits",
 )
 
 KEY_PARTS = frozenset(("client_id", "sub", "jkt", "cert_thumbprint", "route", "source_ip"))
@@ -183,9 +184,19 @@ def check_rate_limits(cfg: GatewayConfig) -> list[str]:
     for route in rl.routes:
         if route not in route_ids:
             problems.append(f"rate_limits.routes.{route}: no route with that id under routes:")
-    if rl.backend == "local" and cfg.lifecycle.workers > 1:
-        problems.append(
-            f"rate_limits.backend: local counts inside one process, so with {cfg.lifecycle.workers} workers "
+    local = check_local_workers(cfg, cfg.lifecycle.workers)
+    if local:
+        problems.append(local)
+    return problems
+
+
+def check_local_workers(cfg: GatewayConfig, workers: int) -> str | None:
+    """The problem with counting limits per process when ``workers`` processes run, or None
+    (``--workers`` on the command line wins over the file: checked at start-up and reload too)."""
+    rl = cfg.rate_limits
+    if rl is not None and rl.backend == "local" and workers > 1:
+        return (
+            f"rate_limits.backend: local counts inside one process, so with {workers} workers "
             "every limit would be that many times as large; use backend: redis or one worker"
         )
-    return problems
+    return None

@@ -280,6 +280,7 @@ async def check(
             observer.finished(
                 original, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, mode=original.mode,
+                limit=p.limit,
             )
 
 

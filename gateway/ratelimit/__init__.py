@@ -263,7 +263,7 @@ class RateLimiter:
             for o in outcomes:
                 self._record(o.limit.id, "limited" if o is worst else "allowed")
             raise self._refusal(worst.limit, worst.retry_after_s, f"rate limit {worst.limit.id} exceeded",
-                                policy=plan.policy, state=state_field(worst))
+                                policy=plan.policy, state=state_field(worst), decision=decision)
         for o in outcomes:
             self._record(o.limit.id, "allowed")
         if not plan.headers:
@@ -278,21 +278,22 @@ class RateLimiter:
         if closed:
             # Refused, but never a 5xx: the client may retry shortly (issue #18).
             raise self._refusal(closed[0], 1.0, f"rate limit {closed[0].id} cannot be checked; retry shortly",
-                                reason="rate_limit_unavailable")
+                                reason="rate_limit_unavailable", decision=decision)
         log.debug("rate limits not checked (store unavailable): fail open")
         return decision
 
     @staticmethod
     def _refusal(
         limit: LimitConfig, retry_after_s: float, description: str, *, policy: str | None = None,
-        state: str | None = None, reason: str | None = None,
+        state: str | None = None, reason: str | None = None, decision: Decision | None = None,
     ) -> RateLimitedError:
         retry = max(1, math.ceil(retry_after_s - 1e-6))
         fields = (
             ("RateLimit-Policy", policy or policy_field((limit,))),
             ("RateLimit", state or f'"{limit.id}";r=0;t={retry}'),
         )
-        return RateLimitedError(description, limit_id=limit.id, retry_after_s=retry, fields=fields, reason=reason)
+        return RateLimitedError(description, limit_id=limit.id, retry_after_s=retry, fields=fields, reason=reason,
+                                decision=decision)
 
     # --- admin: usage of one key --------------------------------------------------------------
 

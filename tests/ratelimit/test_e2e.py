@@ -142,3 +142,23 @@ async def test_dpop_route_checks_replay_and_limits_in_one_round_trip(
     assert len(sent) == 3 and all(c.split(b"\r\n")[2] == b"EVALSHA" for c in sent)
     own = limiter.store.pipelined
     assert own is None or own.connection_number == 0  # never connected
+
+
+async def test_access_log_names_the_limit(
+    gateway: Any, upstream: Any, as_key: AsKey, send: Send, k1: Signer, redis_url: str, redis_key_prefix: str,
+    tmp_path: Any,
+) -> None:
+    log_file = tmp_path / "access.log"
+    body = limited_body(as_key, upstream.url, redis_url, _prefix(redis_key_prefix), LIMITS) + f"""
+observability:
+  access_log: {{destination: file, file: "{log_file}", fields: [status, reason, client_id, limit]}}
+"""
+    gw = await gateway(body)
+    token = as_key.token(jkt=k1.jkt)
+    for _ in range(4):
+        await send(gw.port, headers=dpop_headers(token, proof_for(k1, token)))
+    await gw.stop()
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    # The throttled client is named: its token was verified before the limit was checked.
+    assert lines[-1] == {"status": 429, "reason": "rate_limited", "client_id": "tpp-1", "limit": "tpp-burst"}
+    assert lines[0] == {"status": 200, "reason": None, "client_id": "tpp-1", "limit": None}
