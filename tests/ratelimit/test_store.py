@@ -83,3 +83,28 @@ async def test_local_store_has_the_same_semantics() -> None:
     assert [o.allowed for o in await store.apply(c)] == [True, True]
     now[0] += 20.0
     assert [o.allowed for o in await store.apply(c)] == [True, False]  # the daily quota (3) is used up
+
+
+@pytest.mark.slow
+async def test_cluster_one_script_per_key_tag() -> None:
+    """Redis Cluster (3 masters): the limits of one key share a slot (hash tag) and one script;
+    limits on different keys go as one script each, on whichever node serves their slot."""
+    from tests.faults.redis_topologies import Cluster
+
+    with Cluster(replicas=False) as cluster:
+        store = RedisLimitStore(RedisReplayConfig(url=cluster.url, mode="cluster", key_prefix="rl:"))
+        await store.start()
+        try:
+            b, d = burst(rate=1, burst=2, per_s=100), daily(quota=3)
+            per_sub = LimitConfig(id="per-sub", key=("sub",), rate=1, burst=1, per_s=100)
+            c = [*checks(store.prefix, "tpp-1", b, d), *checks(store.prefix, "cust-9", per_sub)]
+            assert c[0].tag == c[1].tag != c[2].tag
+            first = await store.apply(c)
+            assert [o.allowed for o in first] == [True, True, True]
+            second = await store.apply(c[:2])
+            assert [o.allowed for o in second] == [True, True]
+            third = await store.apply(c[:2])
+            assert [o.allowed for o in third] == [False, True]  # the burst refuses, the quota is kept
+            assert [o.allowed for o in await store.apply(c[2:])] == [False]
+        finally:
+            await store.close()
