@@ -32,6 +32,7 @@ from .errors import (
     GatewayError,
     MethodNotAllowedError,
     OAuthError,
+    RateLimitedError,
     Scheme,
 )
 from .model import AuthRequest, Decision, PeerCertificate, VerifiedToken
@@ -128,12 +129,18 @@ def build_pipeline(
     # Who an introspection call counts against (verify/admission.py); behind a trusted front
     # proxy, the client it forwarded for.
     proxies = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.listen.trusted_proxies)
+    from .ratelimit import build_rate_limiter  # issue #18: limits and abuse budgets, around the decision
+
+    limits = build_rate_limiter(cfg, metrics.rate_limit_decision, previous.pipeline.limits if previous else None,
+                                proxies)
+    if limits is not None:
+        lifecycles.append(limits)
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
-                            source=partial(request_source, trusted_proxies=proxies))
+                            source=partial(request_source, trusted_proxies=proxies), limits=limits)
     if ov.tap is not None:  # explain: the same stage objects, each result and refusal recorded
         pipeline = AuthPipeline(extract=ov.tap("credentials", extract_credentials), tokens=ov.tap("token", tokens),
                                 binder=ov.tap("binding", binder), policy=ov.tap("policy", check_policy),
-                                source=partial(request_source, trusted_proxies=proxies))
+                                source=partial(request_source, trusted_proxies=proxies), limits=limits)
     from .report import WOULD_REFUSE_HEADER, report_only  # issue #19: report-only routes
 
     pipeline, reporting = report_only(cfg, pipeline, metrics.would_refuse)
@@ -302,6 +309,10 @@ def error_response(
         body["error_description"] = exc.description[:200]
     if isinstance(exc, DependencyError) and exc.retry_after_s:
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, RateLimitedError):  # gateway.ratelimit: which limit, and when to retry
+        headers["Retry-After"] = str(exc.retry_after_s)
+        headers.extend(exc.fields)
+        body["limit"] = exc.limit_id
     resp = web.Response(
         status=exc.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
     )
@@ -341,7 +352,8 @@ class RequestView(Protocol):
 class Progress:
     """What is learnt on the way to a decision; the caller's ``finally`` reads it (metrics, log)."""
 
-    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "refused_token", "route_id", "rt", "t_auth")
+    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "limit", "refused_token", "route_id", "rt",
+                 "t_auth")
 
     def __init__(self) -> None:
         self.route_id: str | None = None
@@ -353,6 +365,7 @@ class Progress:
         self.decision: Decision | None = None
         # The verified token of a request refused at binding or policy (the access log's client_id).
         self.refused_token: VerifiedToken | None = None
+        self.limit: str | None = None  # the rate limit that refused the request (access log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,12 +545,15 @@ class GatewayHandler:
             self.observer.finished(
                 request, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, upstream_status=up_status,
-                upstream_s=up_s, refused_token=p.refused_token,
+                upstream_s=up_s, refused_token=p.refused_token, limit=p.limit,
             )
 
 
 def refusal_response(exc: GatewayError, p: Progress, fapi_id: str) -> web.Response:
     """The refusal as the client gets it: ``error_response`` plus the route's CORS headers."""
+    if isinstance(exc, RateLimitedError):  # for the access log: which limit, and whom it throttled
+        p.limit = exc.limit_id
+        p.decision = exc.decision or p.decision
     resp = error_response(exc, p.challenge, fapi_id)
     if p.rt is not None and p.rt.headers.server_header is not None:  # proxy.server_header
         resp.headers["Server"] = p.rt.headers.server_header

@@ -34,6 +34,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
     ├── ClientBodyError                   400 (the request body broke off or did not parse)
     ├── UntrustedCallerError              403 (a decision check from a peer not trusted to ask)
+    ├── RateLimitedError                  429 + Retry-After, RateLimit fields (names the limit)
     └── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
@@ -44,7 +45,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from .model import VerifiedToken
+    from .model import Decision, VerifiedToken
 
 Scheme = Literal["Bearer", "DPoP"]
 
@@ -72,6 +73,7 @@ __all__ = (
     "MissingCredentialsError",
     "OAuthError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "ReplayStoreUnavailableError",
     "RequestTimeoutError",
     "RevocationDataStaleError",
@@ -327,6 +329,31 @@ class DecisionBusyError(DependencyError):
 
     default_reason = "decision_busy"
     retry_after_s = 1
+
+
+class RateLimitedError(GatewayError):
+    """A limit of ``rate_limits:`` refused the request (RFC 6585 §4). ``limit_id`` names it (body,
+    access log, metrics); ``fields`` are its ``RateLimit-Policy`` / ``RateLimit`` header fields."""
+
+    status = 429
+    default_reason = "rate_limited"
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        limit_id: str,
+        retry_after_s: int,
+        fields: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
+        decision: Decision | None = None,
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.limit_id = limit_id
+        self.retry_after_s = max(1, retry_after_s)
+        self.fields = fields
+        # Who was throttled (verified: identity limits run after the decision), for the access log.
+        self.decision = decision
 
 
 class ConfigError(Exception):

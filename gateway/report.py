@@ -67,6 +67,7 @@ class ReportOnlyPipeline(AuthPipeline):
     def __init__(self, inner: AuthPipeline, on_would_refuse: Callable[[str, str], None]) -> None:
         # Not super().__init__: every stage stays the inner pipeline's (one set of stages).
         self._inner = inner
+        self.limits = inner.limits  # a reload carries the rate limiter's local counts over
         self._on_would_refuse = on_would_refuse
         self._logged: dict[tuple[str, str], float] = {}
 

@@ -219,7 +219,8 @@ class GatewayServer:
             def render() -> bytes:
                 return b"# metrics disabled (observability.metrics.enabled: false)\n"
         admin = build_admin_app(self.readiness, render, token=cfg.admin.token,
-                                revocation=lambda: self.holder.current.revocation)
+                                revocation=lambda: self.holder.current.revocation,
+                                rate_limits=lambda: self.holder.current.pipeline.limits)
         self._admin_runner = AdminRunner(admin, on_malformed=self.metrics.malformed_request, access_log=None,
                                          handle_signals=False, shutdown_timeout=1)
         await self._admin_runner.setup()

@@ -23,6 +23,7 @@ from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
 from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority
 from .proxy import ProxyConfig
+from .ratelimit import RateLimitsConfig, check_rate_limits
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 from .risks import RiskId, unacknowledged_refusals
 
@@ -217,6 +218,8 @@ class GatewayConfig(Model):
     decision: DecisionConfig = DecisionConfig()
     # Risky settings (config/risks.py) that the operator accepts, by id; the rest are refused.
     acknowledge_risks: tuple[RiskId, ...] = ()
+    # Per-client limits and per-source abuse budgets (config/ratelimit.py); omitted: none.
+    rate_limits: RateLimitsConfig | None = None
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -281,6 +284,7 @@ class GatewayConfig(Model):
         if workers_problem:
             problems.append(workers_problem)
         problems.extend(check_deny_entries(self.revocation, self.issuers))
+        problems.extend(check_rate_limits(self))
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -281,6 +281,7 @@ async def check(
                 original, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, mode=original.mode,
                 refused_token=p.refused_token,
+                limit=p.limit,
             )
 
 

@@ -82,6 +82,7 @@ class AccessRecord:
     mode: str = "proxy"
     sub: str | None = None  # opt-in field: a subject can be personal data
     would_refuse: str | None = None
+    limit: str | None = None
 
 
 def redact_query(query: str) -> str:
@@ -136,6 +137,7 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "jti": attrgetter("jti"),
     "sub": attrgetter("sub"),
     "would_refuse": attrgetter("would_refuse"),
+    "limit": attrgetter("limit"),
 }
 
 

@@ -276,6 +276,14 @@ class Metrics:
             ("store",),
             registry=r,
         )
+        # Lock-free like the per-request metrics: counted on every request of a limited route.
+        self.rate_limit_decisions = FastCounter(
+            "gateway_rate_limit_decisions_total",
+            "Rate-limit decisions by limit id (source_budget: the per-source budget of refusals) and outcome "
+            "(allowed, limited, fail_open: store unreachable and let through, fail_closed).",
+            ("limit", "outcome"),
+        )
+        r.register(HotPathCollector(self.rate_limit_decisions))
         self.front_proxy_cert_headers_dropped = Counter(
             "gateway_front_proxy_cert_headers_dropped_total",
             "Client-certificate headers dropped because the sending peer is not a trusted proxy.",
@@ -417,6 +425,10 @@ class Metrics:
 
     def replay_store_error(self, store: str = "redis") -> None:
         self.replay_store_errors.labels(self._stores(store)).inc()
+
+    def rate_limit_decision(self, limit: str, outcome: str) -> None:
+        # Limit ids come from the config (a closed set), outcomes from gateway.ratelimit.
+        self.rate_limit_decisions.cell((limit, outcome))[0] += 1
 
     def front_proxy_cert_dropped(self, header: str = "") -> None:
         """``header``: the (closed set of) certificate header names, e.g. X-Forwarded-Client-Cert."""

@@ -57,6 +57,7 @@ class Observer:
         upstream_s: float | None = None,
         mode: str = "proxy",
         refused_token: VerifiedToken | None = None,
+        limit: str | None = None,
     ) -> None:
         """Count and log one finished request. ``started`` is a ``time.perf_counter()`` value."""
         elapsed = time.perf_counter() - started
@@ -92,6 +93,7 @@ class Observer:
                 mode=mode,
                 sub=token.subject if token is not None else None,
                 would_refuse=decision.would_refuse if decision is not None else None,
+                limit=limit,
             )
         )
 
