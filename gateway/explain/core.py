@@ -45,7 +45,7 @@ from ..errors import ClientCertificateRefusedError, ExpectationFailedError, Gate
 from ..model import AuthRequest, Binding, Credentials, Decision, PeerCertificate, VerifiedToken
 from ..observability.metrics import Metrics
 from ..proxy import interaction_id
-from ..tls.checks import parse_cert_facts
+from ..tls.checks import CertificateChecker, parse_cert_facts
 from .capture import Captured
 from .facts import binding_facts, credential_facts, policy_facts, request_facts, route_facts, token_facts
 
@@ -234,9 +234,17 @@ async def _run(
     front = state.client_certs.front
     shown_der = cert_der  # the certificate the facts describe (the client's, not a front proxy's)
 
+    certs = cfg.client_certs
+    # The listener's checker (ClientCertificates.checker) with the same settings and CRLs, on the
+    # explained time: a certificate is judged by the dates of --at.
+    checker = CertificateChecker(
+        crl=state.client_certs.crl, max_chain_depth=certs.max_chain_depth,
+        require_client_auth_usage=certs.require_client_auth_usage, on_stale_crl=certs.on_stale_crl,
+        clock=lambda: now,
+    )
+
     def peer(authenticates: bool) -> PeerCertificate | None:
         nonlocal shown_der
-        checker = state.client_certs.checker
         try:
             # As ClientCertificates.peer_certificate: our handshake's certificate, unless it (and the
             # address) is a trusted front proxy's, whose certificate header then names the client.

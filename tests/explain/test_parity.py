@@ -174,6 +174,11 @@ async def test_certificate_binding(gateway: GatewayFactory, pki: Pki, upstream: 
                         cert=pki.client_a)
     _, exp = await explained(cfg, gw.port, "GET", "/accounts/1", auth, pki.client_a.pem)
     assert exp.verdict == "allow"
+    # --at: the certificate is judged by that time's dates too (trustme's are valid from 2000-01-01).
+    earlier = await explain(cfg, parse_capture(f"GET /accounts/1 HTTP/1.1\r\nHost: localhost:{gw.port}\r\n"
+                                             f"Authorization: {auth[0][1]}\r\n\r\n"),
+                          cert_pem=pki.client_a.pem, port=gw.port, at=946684800.0 - 86400)
+    assert earlier.reason == "client_cert_not_yet_valid", earlier.steps
     facts = {w: (v, c) for w, v, c in next(s for s in exp.steps if s.name == "binding").facts}
     assert "client-a" in facts["client certificate"][0] and facts["  valid"][1] == "ok"
     assert facts["client certificate x5t#S256"] == (sha256_b64url(pki.client_a.der), "ok")
