@@ -88,6 +88,8 @@ class StageOverrides:
     clock: Callable[[], float] | None = None
     replay: ReplayStore | None = None
     revocation_sync: bool = True
+    # Rate limits and source budgets (issue #18): explain neither reads nor spends anyone's quota.
+    rate_limits: bool = True
     # (stage name, stage) -> a stage of the same protocol that delegates to it and records.
     tap: Callable[[str, Any], Any] | None = None
 
@@ -132,7 +134,7 @@ def build_pipeline(
     from .ratelimit import build_rate_limiter  # issue #18: limits and abuse budgets, around the decision
 
     limits = build_rate_limiter(cfg, metrics.rate_limit_decision, previous.pipeline.limits if previous else None,
-                                proxies)
+                                proxies) if ov.rate_limits else None
     if limits is not None:
         lifecycles.append(limits)
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,

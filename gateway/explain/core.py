@@ -200,7 +200,7 @@ async def explain(
     tap = _Tap()
     replay = MemoryReplayStore(max_entries=cfg.dpop.replay.max_entries, began=0.0)
     state = build_state(run_cfg, Metrics(), overrides=StageOverrides(
-        clock=lambda: now, replay=replay, revocation_sync=False, tap=tap))
+        clock=lambda: now, replay=replay, revocation_sync=False, rate_limits=False, tap=tap))
     await state.start()
     try:
         return await _run(state, cfg, captured, tap, now, at is not None, unavailable, cert_pem,
