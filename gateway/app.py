@@ -356,7 +356,8 @@ async def authorize(
                                                  "x-fapi-interaction-id": fapi_id})
     # The one canonical target: routed on, compared with htu and forwarded (issue #13).
     target = canonical_target(request.raw_path, allow_trailing_dot=state.allow_trailing_dot)
-    route = state.router.match(request.method, public.authority.name, target.path)
+    resolved = state.router.resolve(request.method, public.authority.name, target.path)
+    route = resolved.route
     p.route_id = route.id
     rt = p.rt = state.routes[route.id]
     challenge = p.challenge = rt.challenge
@@ -382,6 +383,7 @@ async def authorize(
             if peer_cert is None else peer_cert(authenticates)
         ),
         remote=request.remote or "",
+        path_params=resolved.params,
     )
     p.t_auth = time.perf_counter()
     decision = p.decision = await state.pipeline.decide(auth_req, route.config)

@@ -71,6 +71,8 @@ class AuthRequest:
     headers: CIMultiDictProxy[str]
     peer_cert: PeerCertificate | None
     remote: str | None = None
+    # The route's path template parameters (``gateway.routing``): typed, percent-decoded.
+    path_params: Mapping[str, str | int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

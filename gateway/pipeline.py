@@ -1,6 +1,7 @@
 """The auth decision (steps 1-5), composed in one visible place, independent of forwarding.
 
-    AuthRequest -> credentials.extract -> tokens.verify -> binder.check -> policy.check -> Decision
+    AuthRequest -> credentials.extract -> tokens.verify -> binder.check -> policy.check
+                -> authz.check (route with ``auth.authz`` only) -> Decision
 
 The proxy (``gateway.proxy``) calls ``AuthPipeline.decide`` and forwards only when it returns;
 any refusal is a ``GatewayError``. The same ``decide`` can serve an ext_authz / auth_request /
@@ -12,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from .authz import check_authz
 from .config import AuthPolicy, RouteConfig
+from .config.authz import AuthzConfig
 from .errors import OAuthError
 from .model import ALLOW_ANONYMOUS, AuthRequest, Binding, Credentials, Decision, VerifiedToken
 from .verify.admission import request_source
 
-__all__ = ("AuthPipeline", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
+__all__ = ("AuthPipeline", "AuthzChecker", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
 
 
 class CredentialExtractor(Protocol):
@@ -48,6 +51,15 @@ class PolicyChecker(Protocol):
     ) -> Decision: ...
 
 
+class AuthzChecker(Protocol):
+    """Step 6 (issue #16): RFC 9396 authorization_details, consent binding and CEL rules of the
+    route's ``auth.authz``; raises the route's refusal (403), returns when every rule holds."""
+
+    def __call__(
+        self, req: AuthRequest, decision: Decision, authz: AuthzConfig, route_id: str, body: object = None
+    ) -> None: ...
+
+
 class AuthPipeline:
     def __init__(
         self,
@@ -57,8 +69,10 @@ class AuthPipeline:
         binder: BindingChecker,
         policy: PolicyChecker,
         source: Callable[[AuthRequest], str | None] = request_source,
+        authz: AuthzChecker = check_authz,
     ) -> None:
         self._source = source
+        self._authz = authz
         self._extract = extract
         self._tokens = tokens
         self._binder = binder
@@ -73,7 +87,10 @@ class AuthPipeline:
             # source: the client an introspection call counts against (verify/admission.py).
             token = await self._tokens.verify(creds.token, policy, source=self._source(req))
             binding = await self._binder.check(req, creds, token, policy)
-            return self._policy(req, token, binding, policy)
+            decision = self._policy(req, token, binding, policy)
+            if policy.authz is not None:
+                self._authz(req, decision, policy.authz, route.id)
+            return decision
         except OAuthError as exc:
             if exc.scheme is None:
                 # RFC 9449 §7.2: error information goes in the challenge of the scheme used.

@@ -15,6 +15,7 @@
       require_dpop_nonce: false                   # true: proofs must carry a DPoP server nonce
       introspect: always                          # also introspect JWTs (revocation within the
                                                   # introspection cache TTL); default: auto
+      authz: {rules: [...]}                       # RFC 9396 details, consent binding, CEL (config/authz.py)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from .authz import AuthzConfig
 from .base import Model
 
 SenderConstraint = Literal["dpop", "mtls", "any", "none"]
@@ -99,6 +101,8 @@ class AuthPolicy(Model):
     # introspected (after local verification; both must agree), so a revoked JWT stops here within
     # the issuer's introspection cache TTL (issue #13). Every issuer of the route needs introspection.
     introspect: Literal["auto", "always"] = "auto"
+    # Fine-grained authorization after scopes (issue #16, gateway.authz).
+    authz: AuthzConfig | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> AuthPolicy:

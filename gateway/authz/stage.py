@@ -1,0 +1,101 @@
+"""The authz step: after the policy stage (audience, scopes, client, claims) has allowed the token
+for the route, check that this request is inside what the token grants (issue #16).
+
+Each rule of ``auth.authz`` that applies to the method runs in order: its
+``authorization_details`` check (``rar``), its consent binding (``consent``), its expression
+(``cel``); the first failing rule refuses with 403, by default ``insufficient_authorization_details``
+(draft-zehavi-oauth-rar-metadata §5; RFC 9396 itself defines no resource-server error), or
+``insufficient_scope`` (RFC 6750 §3.1) when the route says so. The description names the rule id,
+never a token value; the reason code ``authz_<rule id>`` goes to metrics and the access log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..config.authz import AuthzConfig, AuthzRule
+from ..errors import InsufficientAuthorizationDetailsError, InsufficientScopeError, OAuthError
+from ..model import AuthRequest, Decision, VerifiedToken
+from .cel import CompiledExpression
+from .consent import consent_bound
+from .rar import grants
+
+__all__ = ("check_authz", "refusal")
+
+# Absent: the request has no body or the route does not inspect it.
+NO_BODY: Any = None
+
+
+def refusal(authz: AuthzConfig, rule: AuthzRule) -> OAuthError:
+    description = f"the request is outside what the access token authorizes (rule {rule.id})"
+    reason = f"authz_{rule.id}"
+    if authz.error == "insufficient_scope":
+        return InsufficientScopeError(description, reason=reason)
+    return InsufficientAuthorizationDetailsError(description, reason=reason)
+
+
+def check_authz(
+    req: AuthRequest, decision: Decision, authz: AuthzConfig, route_id: str, body: object = NO_BODY
+) -> None:
+    """Raise the route's authz refusal unless every rule for ``req.method`` holds.
+
+    ``body``: the parsed JSON body for routes with ``authz.body`` (``None`` otherwise).
+    """
+    token = decision.token
+    for rule in authz.rules_for(req.method):
+        if token is None:
+            raise refusal(authz, rule)  # cannot happen on an auth route; fail closed anyway
+        rar = rule.authorization_details
+        if rar is not None and not grants(token.claims.get("authorization_details"), rar, req):
+            raise refusal(authz, rule)
+        if rule.consent is not None and not consent_bound(rule.consent, token, req):
+            raise refusal(authz, rule)
+        compiled = rule.compiled
+        if compiled is not None:
+            if compiled.uses_body and not isinstance(body, dict):
+                raise refusal(authz, rule)  # body rule without an inspected JSON object body
+            if not compiled.allows(_variables(compiled, req, decision, token, route_id, body)):
+                raise refusal(authz, rule)
+
+
+def _variables(
+    compiled: CompiledExpression, req: AuthRequest, decision: Decision, token: VerifiedToken, route_id: str,
+    body: object,
+) -> Mapping[str, Any]:
+    request: dict[str, Any] = {"method": req.method, "path": req.path, "params": dict(req.path_params)}
+    if compiled.uses_headers:
+        # Lower-case names; repeated headers joined as RFC 9110 §5.3 allows.
+        headers: dict[str, str] = {}
+        for name, value in req.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        request["headers"] = headers
+    if compiled.uses_query:
+        from urllib.parse import parse_qsl
+
+        query: dict[str, str] = {}
+        try:
+            pairs = parse_qsl(req.query_string, keep_blank_values=True, max_num_fields=100)
+        except ValueError:  # too many fields: no query variable, so the expression fails (closed)
+            pairs = None
+        if pairs is not None:
+            for name, value in pairs:
+                query.setdefault(name, value)  # the first value, as most frameworks read it
+            request["query"] = query
+    if compiled.uses_body:
+        request["body"] = body
+    binding = decision.binding
+    claims: dict[str, Any] = dict(token.claims)
+    claims.update(iss=token.issuer, aud=list(token.audience), scope=sorted(token.scopes))
+    if token.client_id is not None:
+        claims["client_id"] = token.client_id
+    if token.subject is not None:
+        claims["sub"] = token.subject
+    cert = req.peer_cert.x5t_s256 if req.peer_cert is not None else None
+    client = {
+        "client_id": token.client_id or "",
+        "cert_thumbprint": cert or "",
+        "jkt": (binding.thumbprint or "") if binding.type == "dpop" else "",
+    }
+    return {"token": claims, "request": request, "client": client, "route": {"id": route_id}}
