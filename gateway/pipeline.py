@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from .authz import check_authz
+from .authz import authz_step
 from .config import AuthPolicy, RouteConfig
 from .config.authz import AuthzConfig
 from .errors import OAuthError
@@ -53,9 +53,10 @@ class PolicyChecker(Protocol):
 
 class AuthzChecker(Protocol):
     """Step 6 (issue #16): RFC 9396 authorization_details, consent binding and CEL rules of the
-    route's ``auth.authz``; raises the route's refusal (403), returns when every rule holds."""
+    route's ``auth.authz``; raises the route's refusal (403), returns when every rule holds. Reads
+    the JSON body (``req.body``) only for a route that opts in, after every earlier step passed."""
 
-    def __call__(
+    async def __call__(
         self, req: AuthRequest, decision: Decision, authz: AuthzConfig, route_id: str, body: object = None
     ) -> None: ...
 
@@ -69,7 +70,7 @@ class AuthPipeline:
         binder: BindingChecker,
         policy: PolicyChecker,
         source: Callable[[AuthRequest], str | None] = request_source,
-        authz: AuthzChecker = check_authz,
+        authz: AuthzChecker = authz_step,
     ) -> None:
         self._source = source
         self._authz = authz
@@ -89,7 +90,7 @@ class AuthPipeline:
             binding = await self._binder.check(req, creds, token, policy)
             decision = self._policy(req, token, binding, policy)
             if policy.authz is not None:
-                self._authz(req, decision, policy.authz, route.id)
+                await self._authz(req, decision, policy.authz, route.id)
             return decision
         except OAuthError as exc:
             if exc.scheme is None:

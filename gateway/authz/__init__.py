@@ -2,6 +2,6 @@
 consent / intent binding to the request, and CEL expression rules. ``stage.check_authz`` is the
 pipeline step (``gateway.pipeline``); its configuration is ``gateway.config.authz``."""
 
-from .stage import check_authz
+from .stage import authz_step, check_authz
 
-__all__ = ("check_authz",)
+__all__ = ("authz_step", "check_authz")

@@ -21,7 +21,7 @@ from .cel import CompiledExpression
 from .consent import consent_bound
 from .rar import grants
 
-__all__ = ("check_authz", "refusal")
+__all__ = ("authz_step", "check_authz", "refusal")
 
 # Absent: the request has no body or the route does not inspect it.
 NO_BODY: Any = None
@@ -33,6 +33,17 @@ def refusal(authz: AuthzConfig, rule: AuthzRule) -> OAuthError:
     if authz.error == "insufficient_scope":
         return InsufficientScopeError(description, reason=reason)
     return InsufficientAuthorizationDetailsError(description, reason=reason)
+
+
+async def authz_step(
+    req: AuthRequest, decision: Decision, authz: AuthzConfig, route_id: str, body: object = NO_BODY
+) -> None:
+    """The pipeline step: read the JSON body first when a rule of the route inspects it."""
+    if body is None and authz.body is not None and any(r.uses_body for r in authz.rules_for(req.method)):
+        from .body import json_body
+
+        body = await json_body(req, authz.body.max_bytes)
+    check_authz(req, decision, authz, route_id, body)
 
 
 def check_authz(

@@ -82,14 +82,15 @@ async def gw(gateway: GatewayFactory, auth_server: AuthServer, pki: Pki, upstrea
 
 
 async def call(gw: Any, pki: Pki, method: str, path: str, token: str, signer: Any,
-               headers: dict[str, str] | None = None, body: Any = None) -> tuple[int, Any, str]:
+               headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any, str]:
     # The proof's htu is the URL as sent; the gateway compares it with the canonical path.
     proof = signer.proof(htm=method, htu=f"https://localhost:{gw.port}{path.split('?')[0]}", ath=ath(token),
                          iat=int(time.time()))
     all_headers = {"Authorization": f"DPoP {token}", "DPoP": proof, **(headers or {})}
     async with aiohttp.ClientSession() as s, s.request(
-        method, URL(f"https://localhost:{gw.port}{path}", encoded=True), ssl=pki.client_context(None), headers=all_headers,
-        data=json.dumps(body) if body is not None else None,
+        method, URL(f"https://localhost:{gw.port}{path}", encoded=True), ssl=pki.client_context(None),
+        headers=all_headers,
+        data=raw, expect100=bool(headers and "Expect" in headers),
     ) as r:
         return r.status, r.headers, await r.text()
 
@@ -142,12 +143,59 @@ async def test_missing_or_malformed_details_refused(gw: Any, auth_server: AuthSe
     assert "rule account_read" in h["WWW-Authenticate"] and not upstream.requests
 
 
-async def test_payment_rules_without_body_inspection_support_refuse(gw: Any, auth_server: AuthServer, pki: Pki,
-                                                                    upstream: Upstream) -> None:
-    """A body rule on a route: until the body is read for inspection, the rule cannot hold, so the
-    request is refused (fail closed), with the RFC 6750 error the route selected."""
+IBAN = "DE02100100109307118603"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (json.dumps({"instructedAmount": {"amount": "99.99"}, "creditorAccount": {"iban": IBAN}}), 200),
+        (json.dumps({"instructedAmount": {"amount": "100.00"}, "creditorAccount": {"iban": IBAN}}), 200),
+        (json.dumps({"instructedAmount": {"amount": "100.01"}, "creditorAccount": {"iban": IBAN}}), 403),
+        (json.dumps({"instructedAmount": {"amount": "5.00"}, "creditorAccount": {"iban": "GB33BUKB20201555555555"}}),
+         403),
+        # Two parsers could read a duplicate member differently: not JSON here, so refused.
+        ('{"instructedAmount": {"amount": "1.00"}, "instructedAmount": {"amount": "1000.00"}, '
+         f'"creditorAccount": {{"iban": "{IBAN}"}}}}', 403),
+        ("not json", 403),
+        ("[1, 2]", 403),
+        ("", 403),
+        (json.dumps({"pad": "x" * 5000, "instructedAmount": {"amount": "1.00"}}), 413),  # over max_bytes
+    ],
+)
+async def test_payment_amount_and_creditor_from_the_body(gw: Any, auth_server: AuthServer, pki: Pki,
+                                                         upstream: Upstream, body: str, status: int) -> None:
+    """Bounded JSON body inspection: the CEL rule compares the body with the consented payment;
+    an allowed body reaches the upstream byte for byte, a refused one never does."""
     signer = es256()
     tok = auth_server.token("ec-1", cnf={"jkt": signer.jkt}, authorization_details=[PAYMENT])
-    body = {"instructedAmount": {"amount": "10.00"}, "creditorAccount": {"iban": "DE02100100109307118603"}}
-    status, h, _ = await call(gw, pki, "POST", "/payments", tok, signer, {"content-type": "application/json"}, body)
-    assert status == 403 and 'error="insufficient_scope"' in h["WWW-Authenticate"] and not upstream.requests
+    got, h, _ = await call(gw, pki, "POST", "/payments", tok, signer, {"content-type": "application/json"},
+                           raw=body.encode())
+    assert got == status
+    if status == 200:
+        assert len(upstream.requests) == 1 and upstream.last.body_bytes == len(body.encode())
+    else:
+        assert not upstream.requests
+    if status == 403:
+        # The route selected RFC 6750's error for clients that only know it.
+        assert 'error="insufficient_scope"' in h["WWW-Authenticate"] and "rule payment_amount" in h["WWW-Authenticate"]
+
+
+async def test_payment_without_payment_entry_refused(gw: Any, auth_server: AuthServer, pki: Pki,
+                                                     upstream: Upstream) -> None:
+    signer = es256()
+    tok = auth_server.token("ec-1", cnf={"jkt": signer.jkt}, authorization_details=[ACCOUNT])
+    body = json.dumps({"instructedAmount": {"amount": "1.00"}, "creditorAccount": {"iban": IBAN}}).encode()
+    status, _, _ = await call(gw, pki, "POST", "/payments", tok, signer, {"content-type": "application/json"}, raw=body)
+    assert status == 403 and not upstream.requests
+
+
+async def test_expect_continue_with_body_inspection(gw: Any, auth_server: AuthServer, pki: Pki,
+                                                    upstream: Upstream) -> None:
+    """A client that waits for 100 Continue gets it before the body is read for inspection."""
+    signer = es256()
+    tok = auth_server.token("ec-1", cnf={"jkt": signer.jkt}, authorization_details=[PAYMENT])
+    body = json.dumps({"instructedAmount": {"amount": "1.00"}, "creditorAccount": {"iban": IBAN}}).encode()
+    status, _, _ = await call(gw, pki, "POST", "/payments", tok, signer,
+                              {"content-type": "application/json", "Expect": "100-continue"}, raw=body)
+    assert status == 200 and upstream.last.body_bytes == len(body)
