@@ -18,68 +18,89 @@ from ..config.authz import RarCheck
 from ..model import AuthRequest
 from .refs import ref_value, same_value
 
-__all__ = ("grants", "malformed")
+__all__ = ("expected_values", "grants", "malformed")
 
 # More entries than any real consent: refused rather than scanned (bounds the work per request).
 MAX_ENTRIES = 64
 
 
 def malformed(details: object) -> bool:
-    if not isinstance(details, list) or not details or len(details) > MAX_ENTRIES:
+    if type(details) is not list or not details or len(details) > MAX_ENTRIES:
         return True
-    return not all(isinstance(d, dict) for d in details)
+    return any(type(entry) is not dict for entry in details)
 
 
-def _strings(value: object) -> list[str] | None:
-    if not isinstance(value, list) or not all(type(v) is str for v in value):
-        return None
-    return value
+def _contains_all(value: object, required: frozenset[str]) -> bool:
+    # A JSON array whose strings include every required one; set() refuses unhashable members
+    # (an array of arrays or objects) and a non-string member never equals a required string.
+    if type(value) is not list:
+        return False
+    try:
+        return required <= set(value)
+    except TypeError:
+        return False
+
+
+def _contains_any(value: object, accepted: frozenset[str]) -> bool:
+    if type(value) is not list:
+        return False
+    try:
+        return not accepted.isdisjoint(value)
+    except TypeError:
+        return False
 
 
 def _field(entry: Mapping[str, Any], dotted: str) -> object:
     value: object = entry
     for part in dotted.split("."):
-        if not isinstance(value, dict):
+        if type(value) is not dict:
             return None
         value = value.get(part)
     return value
 
 
-def _entry_grants(entry: Mapping[str, Any], check: RarCheck, req: AuthRequest) -> bool:
-    if type(entry.get("type")) is not str or entry["type"] not in check.types:
+def _entry_grants(entry: Mapping[str, Any], check: RarCheck, expected: tuple[str | int | None, ...]) -> bool:
+    kind = entry.get("type")
+    if type(kind) is not str or kind not in check.type_set:
         return False
-    if check.actions:
-        actions = _strings(entry.get("actions"))
-        if actions is None or not set(check.actions) <= set(actions):
-            return False
-    if check.datatypes:
-        datatypes = _strings(entry.get("datatypes"))
-        if datatypes is None or not set(check.datatypes) <= set(datatypes):
-            return False
-    if check.locations:
-        locations = _strings(entry.get("locations"))
-        if locations is None or not any(loc in locations for loc in check.locations):
-            return False
+    if check.actions and not _contains_all(entry.get("actions"), check.action_set):
+        return False
+    if check.datatypes and not _contains_all(entry.get("datatypes"), check.datatype_set):
+        return False
+    if check.locations and not _contains_any(entry.get("locations"), check.location_set):
+        return False
+    k = 0
     if check.identifier is not None:
-        expected = ref_value(check.identifier, req)
-        if expected is None or not same_value(entry.get("identifier"), expected):
+        want = expected[0]
+        k = 1
+        if want is None or not same_value(entry.get("identifier"), want):
             return False
     for fm in check.fields:
-        expected = ref_value(fm, req)
-        if expected is None:
+        want = expected[k]
+        k += 1
+        if want is None:
             return False
         value = _field(entry, fm.field)
-        if isinstance(value, list):
-            if not any(same_value(v, expected) for v in value):
+        if type(value) is list:
+            if not any(same_value(v, want) for v in value):
                 return False
-        elif not same_value(value, expected):
+        elif not same_value(value, want):
             return False
     return True
 
 
-def grants(details: object, check: RarCheck, req: AuthRequest) -> bool:
-    """Whether ``details`` (the token's ``authorization_details``) grants this request."""
+def expected_values(check: RarCheck, req: AuthRequest) -> tuple[str | int | None, ...]:
+    """The request values the check compares with (identifier first, then each field)."""
+    refs = check.refs
+    if not refs:
+        return ()
+    return tuple(ref_value(ref, req) for ref in refs)
+
+
+def grants(details: object, check: RarCheck, expected: tuple[str | int | None, ...]) -> bool:
+    """Whether ``details`` (the token's ``authorization_details``) grants a request whose values
+    are ``expected`` (``expected_values``)."""
     if malformed(details):
         return False
     assert isinstance(details, list)
-    return any(_entry_grants(entry, check, req) for entry in details)
+    return any(_entry_grants(entry, check, expected) for entry in details)

@@ -113,6 +113,28 @@ class RarCheck(Model):
     identifier: ValueRef | None = None
     fields: tuple[FieldMatch, ...] = ()
 
+    # Precomputed once per (frozen) config object, so nothing is rebuilt per request.
+    @cached_property
+    def type_set(self) -> frozenset[str]:
+        return frozenset(self.types)
+
+    @cached_property
+    def action_set(self) -> frozenset[str]:
+        return frozenset(self.actions)
+
+    @cached_property
+    def datatype_set(self) -> frozenset[str]:
+        return frozenset(self.datatypes)
+
+    @cached_property
+    def location_set(self) -> frozenset[str]:
+        return frozenset(self.locations)
+
+    @cached_property
+    def refs(self) -> tuple[ValueRef, ...]:
+        """The request values compared: ``identifier`` first, then each of ``fields``."""
+        return ((self.identifier,) if self.identifier is not None else ()) + self.fields
+
 
 class ConsentBinding(ValueRef):
     """A consent / intent id claim (``consent_id``, ``openbanking_intent_id``) bound to the request."""

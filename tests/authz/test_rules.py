@@ -286,3 +286,23 @@ def test_body_rules_refused_on_decision_fronts() -> None:
         parse_config(config(block, extra=fronts), source="test.yaml")
     assert "routes[0].auth.authz.body: the decision fronts" in str(info.value)
     parse_config(config(block), source="test.yaml")  # proxy only: fine
+
+
+def test_cached_results_are_per_token_path_and_client() -> None:
+    """Expressions that read no header, query or body are kept per (token, path, client): the
+    cache never answers for another path, token, certificate or expression."""
+    cfg = authz({"rules": [{"id": "expr", "expression": 'request.params.account_id == "acc-1"'}]})
+    tok = token([ACCOUNT])
+    for _ in range(3):
+        run(cfg, tok, req(path="/accounts/acc-1", params={"account_id": "acc-1"}))
+        refused(cfg, tok, req(path="/accounts/acc-2", params={"account_id": "acc-2"}))
+    other = authz({"rules": [{"id": "expr", "expression": 'request.params.account_id == "acc-2"'}]})
+    refused(other, tok, req(path="/accounts/acc-1", params={"account_id": "acc-1"}))
+    by_cert = authz({"rules": [{"id": "cert", "expression": 'client.cert_thumbprint.startsWith("NBjn")'}]})
+    run(by_cert, tok)
+    no_cert = AuthRequest("GET", AUD + "/accounts/acc-1", "/accounts/acc-1", "", req().headers, None,
+                          path_params={"account_id": "acc-1"})
+    refused(by_cert, tok, no_cert)
+    by_header = authz({"rules": [{"id": "hdr", "expression": 'request.headers["x-a"] == "1"'}]})
+    run(by_header, tok, req(headers={"x-a": "1"}))
+    refused(by_header, tok, req(headers={"x-a": "2"}))  # headers: never cached
