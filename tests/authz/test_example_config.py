@@ -1,0 +1,44 @@
+"""``config/examples/open-banking-rar.yaml`` is a valid configuration with the rules it documents
+(no node needed; tests/interop/test_interop_rar.py runs the same file against the real AS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+
+from gateway.config import AuthPolicy, parse_config
+from gateway.routing import Router
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "open-banking-rar.yaml"
+
+
+def test_example_parses_and_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("api.bank.example")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "gw.crt"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "gw.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    env = {
+        "GATEWAY_TLS_CERT": str(tmp_path / "gw.crt"), "GATEWAY_TLS_KEY": str(tmp_path / "gw.key"),
+        "CLIENT_CA": str(tmp_path / "ca.pem"), "AS_CA": str(tmp_path / "ca.pem"),
+        "AS_ISSUER": "https://as.bank.example", "PUBLIC_HOST": "api.bank.example",
+        "GATEWAY_INTROSPECTION_SECRET": "s3cret", "API_AUDIENCE": "https://api.bank.example/jwt",
+        "API_OPAQUE_AUDIENCE": "https://api.bank.example/opaque", "UPSTREAM_URL": "http://127.0.0.1:8080",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = parse_config(EXAMPLE.read_text(), source=str(EXAMPLE))
+    routes = {r.id: r for r in cfg.routes}
+    assert set(routes) == {"account-balances", "account-transactions", "payments"}
+    balances = routes["account-balances"].auth
+    assert isinstance(balances, AuthPolicy) and balances.authz is not None
+    rule = balances.authz.rules[0]
+    assert rule.authorization_details is not None and rule.authorization_details.datatypes == ("balances",)
+    assert balances.authz.error == "insufficient_authorization_details"
+    payments = routes["payments"].auth
+    assert isinstance(payments, AuthPolicy) and payments.authz is not None and payments.authz.body is not None
+    assert payments.authz.rules[0].uses_body
+    found = Router(cfg).resolve("GET", "api.bank.example", "/accounts/acc-1/transactions")
+    assert found.route.id == "account-transactions" and found.params == {"account_id": "acc-1"}
