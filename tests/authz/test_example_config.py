@@ -42,3 +42,16 @@ def test_example_parses_and_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert payments.authz.rules[0].uses_body
     found = Router(cfg).resolve("GET", "api.bank.example", "/accounts/acc-1/transactions")
     assert found.route.id == "account-transactions" and found.params == {"account_id": "acc-1"}
+
+
+def test_check_config_prints_where_rules_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    test_example_parses_and_routes(tmp_path, monkeypatch)
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "authz rules:" in out
+    assert "rule account_balances [GET] -> reason authz_account_balances" in out
+    assert "identifier == path parameter account_id" in out and "consentId == header x-consent-id" in out
+    assert "rule payment_consent [POST]" in out and "CEL reading request, token (request body)" in out
