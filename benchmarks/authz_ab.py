@@ -54,7 +54,7 @@ AUTHZ = f"""
 """
 
 
-def config(jwks: Path, with_authz: bool) -> str:
+def config(jwks: Path, with_authz: bool, match: str = '{path: "/accounts/{account_id}/balances"}') -> str:
     return f"""
 listen: {{external_origin: {ORIGIN}}}
 issuers:
@@ -62,7 +62,7 @@ issuers:
 dpop: {{algorithms: [ES256]}}
 routes:
   - id: balances
-    match: {{path: "/accounts/{{account_id}}/balances"}}
+    match: {match}
     upstream: http://127.0.0.1:9
     auth:
           issuers: [as]
@@ -98,15 +98,17 @@ async def main(args: argparse.Namespace) -> None:
 
     n, rounds = args.n, args.rounds
     setups = {}
-    for name, with_authz in (("A", False), ("B", True)):
-        cfg = parse_config(config(tmp / "jwks.json", with_authz), source=f"authz-ab-{name}")
+    variants = (("P", False, "{path_prefix: /accounts}"), ("A", False, '{path: "/accounts/{account_id}/balances"}'),
+                ("B", True, '{path: "/accounts/{account_id}/balances"}'))
+    for name, with_authz, match in variants:
+        cfg = parse_config(config(tmp / "jwks.json", with_authz, match), source=f"authz-ab-{name}")
         pipeline, lifecycles, _ = build_pipeline(cfg, Metrics())
         for lc in lifecycles:
             await lc.start()
         resolved = Router(cfg).resolve("GET", "api.bench.example", PATH)
         setups[name] = (pipeline, resolved)
     hot = token(0)
-    cold_tokens = iter([token(i) for i in range(1, 2 * n * rounds + 1)])
+    cold_tokens = iter([token(i) for i in range(1, len(variants) * n * rounds + 1)])
     results: dict[tuple[str, str], list[float]] = {}
 
     async def run(name: str, case: str) -> float:
@@ -124,18 +126,20 @@ async def main(args: argparse.Namespace) -> None:
             await pipeline.decide(req, resolved.route.config)
         return (time.process_time() - c0) / n * 1e6
 
-    for name in ("A", "B"):  # warm-up: JWKS, caches, the hot token
+    names = [v[0] for v in variants]
+    for name in names:  # warm-up: JWKS, caches, the hot token
         await run(name, "hot")
     for _ in range(rounds):
         for case in ("hot", "first"):
-            for name in ("A", "B"):
+            for name in names:
                 results.setdefault((name, case), []).append(await run(name, case))
-    print(f"CPU-µs per decide (median of {rounds} rounds x {n} calls; min-max)")
+    print(f"CPU-µs per decide (median of {rounds} rounds x {n} calls; min-max). P: plain prefix route, "
+          "A: template route, B: template route + authz")
     for case in ("hot", "first"):
-        a, b = (statistics.median(results[(x, case)]) for x in ("A", "B"))
-        spread = {x: (min(results[(x, case)]), max(results[(x, case)])) for x in ("A", "B")}
-        print(f"{case:6} A {a:7.1f} ({spread['A'][0]:.1f}-{spread['A'][1]:.1f})  "
-              f"B {b:7.1f} ({spread['B'][0]:.1f}-{spread['B'][1]:.1f})  B-A {b - a:6.1f} µs")
+        med = {x: statistics.median(results[(x, case)]) for x in names}
+        spread = " ".join(f"{x} {med[x]:7.1f} ({min(results[(x, case)]):.1f}-{max(results[(x, case)]):.1f})"
+                          for x in names)
+        print(f"{case:6} {spread}  B-P {med['B'] - med['P']:6.1f} µs  B-A {med['B'] - med['A']:6.1f} µs")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,22 @@ def test_check_config_prints_where_rules_apply(tmp_path: Path, monkeypatch: pyte
     assert "rule account_balances [GET] -> reason authz_account_balances" in out
     assert "identifier == path parameter account_id" in out and "consentId == header x-consent-id" in out
     assert "rule payment_consent [POST]" in out and "CEL reading request, token (request body)" in out
+
+
+def test_readme_worked_examples_are_valid() -> None:
+    """The three examples of the README's fine-grained authorization section load as written."""
+    import re
+
+    import yaml
+
+    from gateway.config.authz import AuthzConfig
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Fine-grained authorization:", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    examples = re.split(r"\n(?=# \d\.)", block.group(1).strip())
+    assert len(examples) == 3
+    for text in examples:
+        cfg = AuthzConfig.model_validate(yaml.safe_load(text)["authz"])
+        assert cfg.rules
