@@ -12,7 +12,7 @@ step. No sockets, so the difference is the stage's own CPU. Two cases:
 - first: a new token per call (cold JWT verification, and for B the first evaluation for that
   token: the CEL token context is built and the expression evaluated).
 
-Rounds interleave A and B; medians of per-round µs per call. Writes nothing; the figures go into
+Rounds interleave P, A, R and B (P: the same route as a plain prefix, R: B without the CEL rule); medians of per-round µs per call. Writes nothing; the figures go into
 benchmarks/RESULTS-authz.md by hand with the command line used.
 """
 
@@ -54,7 +54,7 @@ AUTHZ = f"""
 """
 
 
-def config(jwks: Path, with_authz: bool, match: str = '{path: "/accounts/{account_id}/balances"}') -> str:
+def config(jwks: Path, with_authz: bool | str, match: str = '{path: "/accounts/{account_id}/balances"}') -> str:
     return f"""
 listen: {{external_origin: {ORIGIN}}}
 issuers:
@@ -69,7 +69,7 @@ routes:
           audience: {AUD}
           scopes: [accounts]
           sender_constraint: dpop
-""" + (AUTHZ if with_authz else "")
+""" + (AUTHZ.split("              - id: same_client")[0] if with_authz == "rar" else AUTHZ if with_authz else "")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -98,8 +98,9 @@ async def main(args: argparse.Namespace) -> None:
 
     n, rounds = args.n, args.rounds
     setups = {}
-    variants = (("P", False, "{path_prefix: /accounts}"), ("A", False, '{path: "/accounts/{account_id}/balances"}'),
-                ("B", True, '{path: "/accounts/{account_id}/balances"}'))
+    template = '{path: "/accounts/{account_id}/balances"}'
+    variants: tuple[tuple[str, bool | str, str], ...] = (
+        ("P", False, "{path_prefix: /accounts}"), ("A", False, template), ("R", "rar", template), ("B", True, template))
     for name, with_authz, match in variants:
         cfg = parse_config(config(tmp / "jwks.json", with_authz, match), source=f"authz-ab-{name}")
         pipeline, lifecycles, _ = build_pipeline(cfg, Metrics())
@@ -134,12 +135,12 @@ async def main(args: argparse.Namespace) -> None:
             for name in names:
                 results.setdefault((name, case), []).append(await run(name, case))
     print(f"CPU-µs per decide (median of {rounds} rounds x {n} calls; min-max). P: plain prefix route, "
-          "A: template route, B: template route + authz")
+          "A: template route, R: A + the two RAR checks, B: R + the CEL rule")
     for case in ("hot", "first"):
         med = {x: statistics.median(results[(x, case)]) for x in names}
         spread = " ".join(f"{x} {med[x]:7.1f} ({min(results[(x, case)]):.1f}-{max(results[(x, case)]):.1f})"
                           for x in names)
-        print(f"{case:6} {spread}  B-P {med['B'] - med['P']:6.1f} µs  B-A {med['B'] - med['A']:6.1f} µs")
+        print(f"{case:6} {spread}  B-P {med['B'] - med['P']:6.1f} µs  R-P {med['R'] - med['P']:6.1f} µs")
 
 
 if __name__ == "__main__":
