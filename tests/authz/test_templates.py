@@ -6,7 +6,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.canonical import canonical_path
@@ -156,3 +156,49 @@ def test_property_encoding_never_changes_which_account(raw: str) -> None:
         return
     if plain.route.id == "tx":
         assert plain.params["account_id"] == raw
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=SEGMENT_CHARS, min_size=1, max_size=12), st.booleans())
+@example("acc-1", True)
+@example("acc-1", False)
+@example("%61cc-1", False)
+@example("acc-1%2F..", False)
+@example("ACC-1", False)
+@example("acc-1 ", True)
+def test_property_encoding_never_turns_a_refusal_into_an_allow(raw: str, encode_all: bool) -> None:
+    """Router + authz stage: a token granting account "acc-1" allows a path exactly when its
+    decoded account id is "acc-1", however the client encodes it."""
+    import time
+    from types import MappingProxyType
+
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from gateway.authz import check_authz
+    from gateway.config.authz import AuthzConfig
+    from gateway.errors import InsufficientAuthorizationDetailsError
+    from gateway.model import AuthRequest, Binding, Decision, VerifiedToken
+
+    cfg = AuthzConfig.model_validate({"rules": [{"id": "acc", "authorization_details": {
+        "types": ["account_information"], "identifier": {"path": "account_id"}}}]})
+    tok = VerifiedToken("https://as", "s", "c", ("aud",), frozenset(), time.time() + 60, "j", None, None, "jwt",
+                        MappingProxyType({"authorization_details": [{"type": "account_information",
+                                                                      "identifier": "acc-1"}]}))
+    segment = "".join(f"%{b:02X}" for b in raw.encode()) if encode_all else raw
+    try:
+        path = canonical_path(f"/accounts/{segment}/transactions")
+        found = router(ROUTES).resolve("GET", "h", path)
+    except (InvalidRequestError, RouteNotFoundError):
+        return
+    if found.route.id != "tx":
+        return
+    req = AuthRequest("GET", "https://h" + path, path, "", CIMultiDictProxy(CIMultiDict()), None,
+                      path_params=found.params)
+    try:
+        check_authz(req, Decision(tok, Binding("none")), cfg, "tx")
+        allowed = True
+    except InsufficientAuthorizationDetailsError:
+        allowed = False
+    assert allowed == (found.params["account_id"] == "acc-1")
+    if allowed:
+        assert raw == "acc-1" or (not encode_all and canonical_path(f"/{raw}") == "/acc-1")
