@@ -12,8 +12,10 @@ step. No sockets, so the difference is the stage's own CPU. Two cases:
 - first: a new token per call (cold JWT verification, and for B the first evaluation for that
   token: the CEL token context is built and the expression evaluated).
 
-Rounds interleave P, A, R and B (P: the same route as a plain prefix, R: B without the CEL rule); medians of per-round µs per call. Writes nothing; the figures go into
-benchmarks/RESULTS-authz.md by hand with the command line used.
+Rounds interleave P, A, R and B (P: the same route as a plain prefix, R: B without the CEL
+rule); medians of per-round µs per call. First, the stage alone (``authz_step`` on a decision
+already made), which is free of the pipeline's round-to-round noise. Writes nothing; the figures
+go into benchmarks/RESULTS-authz.md by hand with the command line used.
 """
 
 from __future__ import annotations
@@ -126,6 +128,34 @@ async def main(args: argparse.Namespace) -> None:
         for req in reqs:
             await pipeline.decide(req, resolved.route.config)
         return (time.process_time() - c0) / n * 1e6
+
+    # The stage alone (what B adds to A), on decisions already made: hot (same token object and
+    # path: cached results) and first (a new VerifiedToken object per call: nothing cached).
+    from dataclasses import replace
+
+    from gateway.authz import authz_step
+
+    pipeline_b, resolved_b = setups["B"]
+    cfg_b = resolved_b.route.config
+    auth_b = cfg_b.auth
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"DPoP {hot}", "x-consent-id": "c-1",
+                                            "DPoP": dpop_proof(client, "GET", ORIGIN + PATH, hot)}))
+    base_req = AuthRequest("GET", ORIGIN + PATH, PATH, "", headers, None, "127.0.0.1", path_params=resolved_b.params)
+    decision = await pipeline_b.decide(base_req, cfg_b)
+    assert decision.token is not None and getattr(auth_b, "authz", None) is not None
+    stage: dict[str, list[float]] = {"hot": [], "first": []}
+    for _ in range(rounds):
+        c0 = time.process_time()
+        for _ in range(n):
+            await authz_step(base_req, decision, auth_b.authz, "balances")  # type: ignore[union-attr]
+        stage["hot"].append((time.process_time() - c0) / n * 1e6)
+        fresh = [replace(decision, token=replace(decision.token)) for _ in range(n)]
+        c0 = time.process_time()
+        for d in fresh:
+            await authz_step(base_req, d, auth_b.authz, "balances")  # type: ignore[union-attr]
+        stage["first"].append((time.process_time() - c0) / n * 1e6)
+    print("authz stage alone, CPU-µs per call (median; min-max): " + "  ".join(
+        f"{k} {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})" for k, v in stage.items()))
 
     names = [v[0] for v in variants]
     for name in names:  # warm-up: JWKS, caches, the hot token

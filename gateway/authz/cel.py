@@ -2,8 +2,8 @@
 policies, Envoy RBAC and Istio use it.
 
 Implementation: PyPI ``common-expression-language`` (Rust ``cel`` crate bindings); measured
-against the pure-Python ``cel-python`` in benchmarks/RESULTS-authz.md (compiled evaluation about
-10x faster). Compiled once at config load; a syntax error, a variable other than ``token``,
+against the pure-Python ``cel-python`` in benchmarks/RESULTS-authz.md (3-10x faster to evaluate,
+8-10x to compile). Compiled once at config load; a syntax error, a variable other than ``token``,
 ``request``, ``client``, ``route`` (and names a macro binds), or a function outside the standard
 library below is a config error there.
 
