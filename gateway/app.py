@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .authz.body import BufferedBody
 from .canonical import Target, canonical_target
 from .challenge import ChallengeSettings, nonce_header, render_challenges
 from .config import AuthPolicy, GatewayConfig
@@ -35,7 +36,7 @@ from .errors import (
     RateLimitedError,
     Scheme,
 )
-from .model import AuthRequest, Decision, PeerCertificate, VerifiedToken
+from .model import AuthRequest, BodyReader, Decision, PeerCertificate, VerifiedToken
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, Observer
 from .observability.stages import time_replay_store
@@ -400,6 +401,7 @@ async def authorize(
     peer_cert: PeerCertSource | None = None,
     scheme: str | None = None,
     sni: str | None = None,
+    body: BodyReader | None = None,
 ) -> Authorized | web.Response:
     """Everything up to and including ``AuthPipeline.decide``, for the proxy and every decision
     front alike (issue #15: one implementation of each check). Returns the allowed request, or a
@@ -415,7 +417,8 @@ async def authorize(
                                                  "x-fapi-interaction-id": fapi_id})
     # The one canonical target: routed on, compared with htu and forwarded (issue #13).
     target = canonical_target(request.raw_path, allow_trailing_dot=state.allow_trailing_dot)
-    route = state.router.match(request.method, public.authority.name, target.path)
+    resolved = state.router.resolve(request.method, public.authority.name, target.path)
+    route = resolved.route
     p.route_id = route.id
     rt = p.rt = state.routes[route.id]
     challenge = p.challenge = rt.challenge
@@ -441,6 +444,8 @@ async def authorize(
             if peer_cert is None else peer_cert(authenticates)
         ),
         remote=request.remote or "",
+        path_params=resolved.params,
+        body=body,  # read only by a route whose authz rules inspect it (gateway.authz.body)
     )
     p.t_auth = time.perf_counter()
     try:
@@ -488,14 +493,16 @@ class GatewayHandler:
                 raise ExpectationFailedError("unsupported Expect")
             remote = request.remote or ""
             trusted = state.is_trusted(remote)
-            ok = await authorize(state, request, p, fapi_id, trusted=trusted)
+            # The body, should a route's authz rules inspect it: then read once and forwarded as is.
+            buffered = BufferedBody(request, state.forwarder.deadlines)
+            ok = await authorize(state, request, p, fapi_id, trusted=trusted, body=buffered)
             if isinstance(ok, web.Response):
                 status, reason = ok.status, None
                 return ok
             rt, public, target, decision = ok.rt, ok.public, ok.target, ok.decision
             req_headers = request.headers
             # Deferred until the request is authorised (PRX-16): no body is read before.
-            if expect is not None and request.version >= (1, 1):
+            if expect is not None and request.version >= (1, 1) and not buffered.continued:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             up_headers = rt.headers.upstream_request_headers(
                 req_headers,
@@ -522,6 +529,7 @@ class GatewayHandler:
                 header_policy=rt.headers,
                 extra_response_headers=extra,
                 target=str(target),
+                body=buffered.data,
             )
             up_s = time.perf_counter() - t_up
             status, reason = resp.status, None

@@ -141,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"risky settings: {len(risks) or 'none'}")
         for risk in risks:
             print(f"  {redact(describe(risk))}")
+        from .authz.report import describe_rules  # issue #16: where each authz rule applies
+
+        for line in describe_rules(cfg):
+            print(redact(line))
         unacknowledged = [r for r in risks if not r.acknowledged]
         if args.strict and unacknowledged:
             print(f"{args.file}: --strict: {len(unacknowledged)} risky setting(s) not acknowledged "

@@ -11,6 +11,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   ├── InvalidRequestError           400 invalid_request
     │   ├── InvalidTokenError             401 invalid_token (also binding failures, RFC 8705 §3)
     │   ├── InsufficientScopeError        403 insufficient_scope (+ scope)
+    │   ├── InsufficientAuthorizationDetailsError 403 insufficient_authorization_details (authz rules)
     │   ├── InvalidDpopProofError         401 invalid_dpop_proof (RFC 9449 §7.1)
     │   └── UseDpopNonceError             401 use_dpop_nonce (+ DPoP-Nonce, RFC 9449 §9)
     ├── DependencyError                   never blames the client; fail closed
@@ -60,6 +61,7 @@ __all__ = (
     "ExpectationFailedError",
     "GatewayError",
     "HeaderRefusedError",
+    "InsufficientAuthorizationDetailsError",
     "InsufficientScopeError",
     "IntrospectionBusyError",
     "IntrospectionUnavailableError",
@@ -155,6 +157,17 @@ class InsufficientScopeError(OAuthError):
     ) -> None:
         super().__init__(description, reason=reason, scheme=scheme)
         self.scope = scope
+
+
+class InsufficientAuthorizationDetailsError(OAuthError):
+    """The token is valid for the route but does not grant this request: no matching RFC 9396
+    ``authorization_details`` entry, a consent id that does not match, or a CEL rule that is not
+    true (``gateway.authz``). RFC 9396 defines no resource-server error; the error code is the one
+    draft-zehavi-oauth-rar-metadata proposes. A route may select ``insufficient_scope`` instead."""
+
+    status = 403
+    error = "insufficient_authorization_details"
+    default_reason = "insufficient_authorization_details"
 
 
 class InvalidDpopProofError(OAuthError):

@@ -1,6 +1,7 @@
 """The auth decision (steps 1-5), composed in one visible place, independent of forwarding.
 
-    AuthRequest -> credentials.extract -> tokens.verify -> binder.check -> policy.check -> Decision
+    AuthRequest -> credentials.extract -> tokens.verify -> binder.check -> policy.check
+                -> authz.check (route with ``auth.authz`` only) -> Decision
     (with ``rate_limits:``, ``gateway.ratelimit`` around it: a source budget before, limits after)
 
 The proxy (``gateway.proxy``) calls ``AuthPipeline.decide`` and forwards only when it returns;
@@ -13,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .authz import authz_step
 from .config import AuthPolicy, RouteConfig
+from .config.authz import AuthzConfig
 from .errors import OAuthError
 from .model import ALLOW_ANONYMOUS, AuthRequest, Binding, Credentials, Decision, VerifiedToken
 from .verify.admission import request_source
@@ -21,7 +24,7 @@ from .verify.admission import request_source
 if TYPE_CHECKING:
     from .ratelimit import RateLimiter, Ride
 
-__all__ = ("AuthPipeline", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
+__all__ = ("AuthPipeline", "AuthzChecker", "BindingChecker", "CredentialExtractor", "PolicyChecker", "TokenVerifier")
 
 
 class CredentialExtractor(Protocol):
@@ -52,6 +55,16 @@ class PolicyChecker(Protocol):
     ) -> Decision: ...
 
 
+class AuthzChecker(Protocol):
+    """Step 6 (issue #16): RFC 9396 authorization_details, consent binding and CEL rules of the
+    route's ``auth.authz``; raises the route's refusal (403), returns when every rule holds. Reads
+    the JSON body (``req.body``) only for a route that opts in, after every earlier step passed."""
+
+    async def __call__(
+        self, req: AuthRequest, decision: Decision, authz: AuthzConfig, route_id: str, body: object = None
+    ) -> None: ...
+
+
 class AuthPipeline:
     def __init__(
         self,
@@ -62,10 +75,12 @@ class AuthPipeline:
         policy: PolicyChecker,
         source: Callable[[AuthRequest], str | None] = request_source,
         limits: RateLimiter | None = None,
+        authz: AuthzChecker = authz_step,
     ) -> None:
         self._source = source
         # Rate limits and abuse budgets (gateway.ratelimit), around the decision; None: none.
         self.limits = limits
+        self._authz = authz
         self._extract = extract
         self._tokens = tokens
         self._binder = binder
@@ -107,7 +122,10 @@ class AuthPipeline:
                     binding = await self._binder.check(req, creds, token, policy)
                 finally:
                     ride.disarm(armed)
-            return self._policy(req, token, binding, policy)
+            decision = self._policy(req, token, binding, policy)
+            if policy.authz is not None:
+                await self._authz(req, decision, policy.authz, route.id)
+            return decision
         except OAuthError as exc:
             if exc.scheme is None:
                 # RFC 9449 §7.2: error information goes in the challenge of the scheme used.

@@ -19,6 +19,7 @@
                                                   # but forwards what it would refuse (issue #19;
                                                   # a risk: refused under the fapi TLS profile)
       debug_reason_header: false                  # sandboxes: X-Auth-Debug-Reason on refusals
+      authz: {rules: [...]}                       # RFC 9396 details, consent binding, CEL (config/authz.py)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from .authz import AuthzConfig
 from .base import Model
 
 SenderConstraint = Literal["dpop", "mtls", "any", "none"]
@@ -108,6 +110,8 @@ class AuthPolicy(Model):
     enforcement: Literal["enforce", "report"] = "enforce"
     # Sandboxes: the refusal's reason code in an X-Auth-Debug-Reason response header.
     debug_reason_header: bool = False
+    # Fine-grained authorization after scopes (issue #16, gateway.authz).
+    authz: AuthzConfig | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> AuthPolicy:

@@ -157,6 +157,11 @@ class Forwarder:
         self._body_s = self._body.idle_s
         self._on_stall = on_stall
 
+    @property
+    def deadlines(self) -> BodyDeadlines:
+        """The request body deadlines, for a stage that reads the body first (``proxy.buffered``)."""
+        return self._body
+
     async def forward(
         self,
         request: web.BaseRequest,
@@ -167,25 +172,33 @@ class Forwarder:
         header_policy: HeaderPolicy,
         extra_response_headers: Iterable[tuple[str, str]] = (),
         target: str | None = None,
+        body: bytes | None = None,
     ) -> tuple[web.StreamResponse, int]:
         """Returns the (already prepared and written) response and the upstream's status.
 
         ``target``: the canonical request target the route was chosen on (``gateway.canonical``);
-        the raw one only when a caller has none."""
+        the raw one only when a caller has none. ``body``: the request body when a stage already
+        read it (``proxy.buffered.read_body``, within ``max_body_bytes``): sent as it is, with its
+        Content-Length; the client's stream is not read again."""
         length = request.content_length
         if length is not None and length > max_body_bytes:
             raise _too_large()
-        body: AsyncIterator[bytes] | bytes | None = None
-        if request.body_exists:
+        payload: AsyncIterator[bytes] | bytes | None = None
+        if body is not None:
+            if len(body) > max_body_bytes:
+                raise _too_large()
+            length = len(body)
+            payload = body if (body or request.body_exists) else None
+        elif request.body_exists:
             if length is not None and length <= _BUFFER_LIMIT:
-                body = await _read_small(request, length, self._body)
+                payload = await _read_small(request, length, self._body)
             elif length is None:
                 chunks = _chunks(request, self._body)
                 first, whole = await _first_piece(chunks, max_body_bytes)
-                body = first if whole else _limited(chunks, max_body_bytes, first)
+                payload = first if whole else _limited(chunks, max_body_bytes, first)
             else:
-                body = _limited(_chunks(request, self._body), max_body_bytes)
-        up = await upstream.pool.request(request.method, target or request.raw_path, headers, body, length=length)
+                payload = _limited(_chunks(request, self._body), max_body_bytes)
+        up = await upstream.pool.request(request.method, target or request.raw_path, headers, payload, length=length)
         try:
             headers_out = header_policy.client_response_headers(up.headers)
             for name, value in extra_response_headers:
