@@ -25,6 +25,7 @@ from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_auth
 from .proxy import ProxyConfig
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 from .risks import RiskId, unacknowledged_refusals
+from .signatures import ClientConfig, HttpSignaturesConfig, RouteSignatures, check_signatures
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -187,6 +188,8 @@ class RouteConfig(Model):
     external_origin: Origin | None = None
     # Browser clients: preflights answered here; DPoP-Nonce / WWW-Authenticate exposed.
     cors: CorsConfig | None = None
+    # FAPI 2.0 HTTP message signatures on this route (config/signatures.py).
+    http_signatures: RouteSignatures = RouteSignatures()
 
 
 class GatewayConfig(Model):
@@ -206,6 +209,9 @@ class GatewayConfig(Model):
     decision: DecisionConfig = DecisionConfig()
     # Risky settings (config/risks.py) that the operator accepts, by id; the rest are refused.
     acknowledge_risks: tuple[RiskId, ...] = ()
+    # OAuth clients' signing keys, and the gateway's own (config/signatures.py).
+    clients: tuple[ClientConfig, ...] = ()
+    http_signatures: HttpSignaturesConfig = HttpSignaturesConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -273,6 +279,7 @@ class GatewayConfig(Model):
         if workers_problem:
             problems.append(workers_problem)
         problems.extend(check_deny_entries(self.revocation, self.issuers))
+        problems.extend(check_signatures(self))
         if problems:
             raise ValueError("\n".join(problems))
         return self
