@@ -309,7 +309,7 @@ class RequestView(Protocol):
 class Progress:
     """What is learnt on the way to a decision; the caller's ``finally`` reads it (metrics, log)."""
 
-    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "route_id", "rt", "t_auth")
+    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "route_id", "rt", "signature", "t_auth")
 
     def __init__(self) -> None:
         self.route_id: str | None = None
@@ -319,6 +319,7 @@ class Progress:
         self.t_auth: float | None = None
         self.auth_s: float | None = None
         self.decision: Decision | None = None
+        self.signature: tuple[str, str] | None = None  # verified (keyid, label), for the access log
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +454,8 @@ class GatewayHandler:
                 ok.auth_req.url + ("" if target.query is None else f"?{target.query}"), req_headers,
                 decision.token.client_id if decision.token is not None else None,
             ) if sigs is not None else None
+            if exchange is not None and exchange.signature is not None:
+                p.signature = (exchange.signature.keyid, exchange.signature.label)
             # Deferred until the request is authorised (PRX-16): no body is read before.
             if expect is not None and request.version >= (1, 1):
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -516,7 +519,7 @@ class GatewayHandler:
             self.observer.finished(
                 request, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, upstream_status=up_status,
-                upstream_s=up_s,
+                upstream_s=up_s, signature=p.signature,
             )
 
 

@@ -43,11 +43,13 @@ AccessLogField = Literal[
     "mode",  # proxy, or the decision front that asked (issue #15)
     "remote",
     "jti",
+    "signature_keyid",  # the verified HTTP message signature's keyid and label (gateway.signatures)
+    "signature_label",
 ]
 
 # Every field except the client address and the token id, which a deployment opts into.
 DEFAULT_ACCESS_LOG_FIELDS: Final[tuple[AccessLogField, ...]] = tuple(
-    f for f in get_args(AccessLogField) if f not in ("remote", "jti")
+    f for f in get_args(AccessLogField) if f not in ("remote", "jti", "signature_keyid", "signature_label")
 )
 
 

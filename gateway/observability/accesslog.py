@@ -80,6 +80,8 @@ class AccessRecord:
     remote: str | None = None
     jti: str | None = None
     mode: str = "proxy"
+    signature_keyid: str | None = None
+    signature_label: str | None = None
 
 
 def redact_query(query: str) -> str:
@@ -132,6 +134,8 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "mode": attrgetter("mode"),
     "remote": attrgetter("remote"),
     "jti": attrgetter("jti"),
+    "signature_keyid": attrgetter("signature_keyid"),
+    "signature_label": attrgetter("signature_label"),
 }
 
 

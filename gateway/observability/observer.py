@@ -56,6 +56,7 @@ class Observer:
         upstream_status: int | None = None,
         upstream_s: float | None = None,
         mode: str = "proxy",
+        signature: tuple[str, str] | None = None,
     ) -> None:
         """Count and log one finished request. ``started`` is a ``time.perf_counter()`` value."""
         elapsed = time.perf_counter() - started
@@ -88,6 +89,8 @@ class Observer:
                 remote=request.remote,
                 jti=token.jti if token is not None else None,
                 mode=mode,
+                signature_keyid=signature[0] if signature is not None else None,
+                signature_label=signature[1] if signature is not None else None,
             )
         )
 

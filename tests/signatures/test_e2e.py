@@ -232,3 +232,32 @@ async def test_optional_route_passes_unsigned_requests_but_checks_signed_ones(
     status, _, _ = await send(gw.port, "POST", "/payments", request_headers(keys, as_key, keyid="nobody"), BODY)
     assert status == 401
     assert body_upstream.bodies == [BODY]
+
+
+async def test_access_log_names_the_verified_key_and_the_refusal_reason(
+    gateway: Any, send: Send, body_upstream: BodyUpstream, as_key: AsKey, keys: Keys, tmp_path: Any
+) -> None:
+    import asyncio
+
+    log_file = tmp_path / "access.log"
+    text = config_body(as_key, body_upstream.url, keys.jwks1, keys.jwks2, keys.gw_key) + f"""
+observability:
+  access_log:
+    destination: file
+    file: {log_file}
+    fields: [route, status, reason, client_id, signature_keyid, signature_label]
+"""
+    gw = await gateway(text)
+    assert (await send(gw.port, "POST", "/payments", request_headers(keys, as_key), BODY))[0] == 200
+    refused = request_headers(keys, as_key, keyid="nobody")
+    assert (await send(gw.port, "POST", "/payments", refused, BODY))[0] == 401
+    lines: list[dict[str, Any]] = []
+    for _ in range(200):  # the writer thread drains every few ms; wait for both lines
+        if log_file.exists():
+            lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+            if len(lines) >= 2:
+                break
+        await asyncio.sleep(0.05)
+    assert lines[0] == {"route": "payments", "status": 200, "reason": None, "client_id": "tpp-1",
+                        "signature_keyid": keys.es.kid, "signature_label": "sig"}
+    assert lines[1]["reason"] == "unknown_key" and lines[1]["signature_keyid"] is None
