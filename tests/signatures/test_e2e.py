@@ -261,3 +261,23 @@ observability:
     assert lines[0] == {"route": "payments", "status": 200, "reason": None, "client_id": "tpp-1",
                         "signature_keyid": keys.es.kid, "signature_label": "sig"}
     assert lines[1]["reason"] == "unknown_key" and lines[1]["signature_keyid"] is None
+
+
+async def test_nonce_replay_is_seen_across_gateways_sharing_redis(
+    gateway: Any, send: Send, body_upstream: BodyUpstream, as_key: AsKey, keys: Keys, redis_url: str,
+    redis_key_prefix: str,
+) -> None:
+    """The signature nonce lives in the DPoP jti store: with Redis, every replica sees it."""
+    replay = (f'  replay: {{backend: redis, redis: {{url: "{redis_url}", '
+              f'key_prefix: "{redis_key_prefix}httpsig:"}}}}\n')
+    text = config_body(as_key, body_upstream.url, keys.jwks1, keys.jwks2, keys.gw_key).replace(
+        "  algorithms: [PS256, ES256, EdDSA]\n", "  algorithms: [PS256, ES256, EdDSA]\n" + replay)
+    gw1, gw2 = await gateway(text), await gateway(text)
+    nonce = uuid.uuid4().hex
+    status, _, body = await send(gw1.port, "POST", "/payments", request_headers(keys, as_key, nonce=nonce), BODY)
+    assert status == 200, body
+    status, _, body = await send(gw2.port, "POST", "/payments", request_headers(keys, as_key, nonce=nonce), BODY)
+    assert status == 401 and json.loads(body)["error"] == "signature_replayed"
+    other = uuid.uuid4().hex
+    status, _, _ = await send(gw2.port, "POST", "/payments", request_headers(keys, as_key, nonce=other), BODY)
+    assert status == 200
