@@ -31,6 +31,7 @@ from .errors import (
     DependencyError,
     ExpectationFailedError,
     GatewayError,
+    HttpSignatureError,
     MethodNotAllowedError,
     OAuthError,
     RateLimitedError,
@@ -49,6 +50,7 @@ from .proxy.headers import DEFAULT_IDENTITY_HEADERS, default_pseudonym
 from .report import debug_reason
 from .revocation import Revocation, build_denylist
 from .routing import Route, Router
+from .signatures import SignatureStage, signature_header_names
 from .tls.clientcerts import ClientCertificates
 from .tls.names import server_names
 
@@ -195,6 +197,10 @@ class GatewayState:
         self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics, previous, overrides)
         self.replay_store = next((lc.replay for lc in self._lifecycles if hasattr(lc, "replay")), None)
         self.revocation = next((lc for lc in self._lifecycles if isinstance(lc, Revocation)), None)
+        # FAPI 2.0 HTTP message signatures (gateway.signatures): None when nothing is configured.
+        self.signatures = SignatureStage.build(cfg, self.replay_store)
+        if self.signatures is not None:
+            self._lifecycles.append(self.signatures)
         # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS
         # context. A running server owns one for its listener and lends it to every state it builds,
         # so a config reload never detaches the listener's context from its watcher.
@@ -203,6 +209,7 @@ class GatewayState:
             cfg, on_untrusted_header=lambda _header: metrics.front_proxy_cert_dropped()
         )
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
+        strip |= signature_header_names(cfg)
         dpop_algs = tuple(cfg.dpop.algorithms)
         pseudonym = default_pseudonym(cfg)  # our name in Via, and how a loop is recognised
         # One pool per named upstream; an inline URL is keyed by its full settings. Never by URL
@@ -308,6 +315,9 @@ def error_response(
             body["error"] = exc.error
     else:
         body["error"] = exc.reason
+    if isinstance(exc, HttpSignatureError):  # RFC 9421 §5.1: what to sign, and what failed
+        headers["Accept-Signature"] = exc.accept_signature
+        body["error"] = exc.reason
     if exc.description:
         body["error_description"] = exc.description[:200]
     if isinstance(exc, DependencyError) and exc.retry_after_s:
@@ -356,7 +366,7 @@ class Progress:
     """What is learnt on the way to a decision; the caller's ``finally`` reads it (metrics, log)."""
 
     __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "limit", "refused_token", "route_id", "rt",
-                 "t_auth")
+                 "signature", "t_auth")
 
     def __init__(self) -> None:
         self.route_id: str | None = None
@@ -369,6 +379,7 @@ class Progress:
         # The verified token of a request refused at binding or policy (the access log's client_id).
         self.refused_token: VerifiedToken | None = None
         self.limit: str | None = None  # the rate limit that refused the request (access log)
+        self.signature: tuple[str, str] | None = None  # verified (keyid, label), for the access log
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +499,12 @@ class GatewayHandler:
         state.metrics.in_flight.inc()
         try:
             check_method(request.method)
+            sigs = state.signatures
+            if sigs is not None and sigs.jwks_path is not None and request.method in ("GET", "HEAD") and (
+                request.raw_path.partition("?")[0] == sigs.jwks_path
+            ):
+                status, reason = 200, None
+                return sigs.jwks_response(fapi_id)  # the public keys of response signatures
             expect = request.headers.get("Expect")
             if expect is not None and expect.lower() != "100-continue":
                 raise ExpectationFailedError("unsupported Expect")
@@ -501,9 +518,18 @@ class GatewayHandler:
                 return ok
             rt, public, target, decision = ok.rt, ok.public, ok.target, ok.decision
             req_headers = request.headers
+            # HTTP message signature (headers only): refused before the client sends its body.
+            exchange = await sigs.begin(
+                rt.route.config, request.method,
+                ok.auth_req.url + ("" if target.query is None else f"?{target.query}"), req_headers,
+                decision.token.client_id if decision.token is not None else None,
+            ) if sigs is not None else None
+            if exchange is not None and exchange.signature is not None:
+                p.signature = (exchange.signature.keyid, exchange.signature.label)
             # Deferred until the request is authorised (PRX-16): no body is read before.
             if expect is not None and request.version >= (1, 1) and not buffered.continued:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                buffered.continued = True
             up_headers = rt.headers.upstream_request_headers(
                 req_headers,
                 client_ip=remote,
@@ -511,7 +537,9 @@ class GatewayHandler:
                 host=str(public.authority),
                 fapi_id=fapi_id,
                 inject=_with_cert_header(
-                    decision.upstream_headers, state.client_certs.upstream_header(ok.auth_req.peer_cert)
+                    decision.upstream_headers if exchange is None else (
+                        *decision.upstream_headers, *exchange.upstream_headers),
+                    state.client_certs.upstream_header(ok.auth_req.peer_cert)
                 ),
                 prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
             )
@@ -521,6 +549,11 @@ class GatewayHandler:
                 cors_headers = CIMultiDict[str]()
                 rt.cors.add_response_headers(cors_headers, p.cors_origin)
                 extra = (*extra, *cors_headers.items())
+            # A signed body is read whole and its digest checked before the upstream sees a byte.
+            # (read once: an authz body rule may have read it already, BufferedBody keeps it).
+            body = await exchange.body(
+                request, buffered, max_body_bytes=rt.route.config.max_body_bytes
+            ) if exchange is not None else None
             resp, up_status = await state.forwarder.forward(
                 request,
                 rt.upstream,
@@ -529,8 +562,11 @@ class GatewayHandler:
                 header_policy=rt.headers,
                 extra_response_headers=extra,
                 target=str(target),
-                body=buffered.data,
+                body=body if body is not None else buffered.data,
+                buffer_response=exchange.response_limit if exchange is not None else None,
             )
+            if exchange is not None:
+                exchange.sign(resp)  # the response signature, before anything is sent
             up_s = time.perf_counter() - t_up
             status, reason = resp.status, None
             return resp
@@ -555,7 +591,7 @@ class GatewayHandler:
             self.observer.finished(
                 request, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, upstream_status=up_status,
-                upstream_s=up_s, refused_token=p.refused_token, limit=p.limit,
+                upstream_s=up_s, refused_token=p.refused_token, limit=p.limit, signature=p.signature,
             )
 
 

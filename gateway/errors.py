@@ -36,7 +36,10 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── ClientBodyError                   400 (the request body broke off or did not parse)
     ├── UntrustedCallerError              403 (a decision check from a peer not trusted to ask)
     ├── RateLimitedError                  429 + Retry-After, RateLimit fields (names the limit)
-    └── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
+    ├── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
+    ├── HttpSignatureError                401 + Accept-Signature (RFC 9421 §5.1), an OAuthError
+    ├── DigestMismatchError               400 (RFC 9530 Content-Digest missing or wrong)
+    └── SignedRouteNotDecidableError      403 (a signed route asked of a decision front)
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
 """
@@ -58,9 +61,11 @@ __all__ = (
     "DecisionBodyNotAllowedError",
     "DecisionBusyError",
     "DependencyError",
+    "DigestMismatchError",
     "ExpectationFailedError",
     "GatewayError",
     "HeaderRefusedError",
+    "HttpSignatureError",
     "InsufficientAuthorizationDetailsError",
     "InsufficientScopeError",
     "IntrospectionBusyError",
@@ -81,6 +86,7 @@ __all__ = (
     "RevocationDataStaleError",
     "RouteNotFoundError",
     "Scheme",
+    "SignedRouteNotDecidableError",
     "TransferCodingNotImplementedError",
     "UntrustedCallerError",
     "UpstreamTimeoutError",
@@ -367,6 +373,36 @@ class RateLimitedError(GatewayError):
         self.fields = fields
         # Who was throttled (verified: identity limits run after the decision), for the access log.
         self.decision = decision
+class HttpSignatureError(OAuthError):
+    """The request's HTTP message signature (RFC 9421, FAPI 2.0 profile) is missing or does not
+    verify. A 401 carrying the route's bare challenge (no ``error``: the token was fine) and an
+    ``Accept-Signature`` field saying what to sign (RFC 9421 §5.1); ``reason`` says which check
+    failed (signature_missing, signature_invalid, signature_expired, unknown_key, ...)."""
+
+    status = 401
+    error = None
+    default_reason = "signature_invalid"
+
+    def __init__(self, description: str = "", *, accept_signature: str, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason)
+        self.accept_signature = accept_signature
+
+
+class DigestMismatchError(GatewayError):
+    """The request body does not match its signed ``Content-Digest`` (RFC 9530), or the digest is
+    missing or unusable. Refused before the upstream receives any of the body."""
+
+    status = 400
+    default_reason = "digest_mismatch"
+
+
+class SignedRouteNotDecidableError(GatewayError):
+    """A decision front (ext_authz, auth_request, forwardAuth) was asked about a route with HTTP
+    message signatures: it never sees the body (no Content-Digest check) and cannot sign the
+    response, so the answer is a denial, never an allow. Serve such routes through the proxy."""
+
+    status = 403
+    default_reason = "signatures_need_proxy"
 
 
 class ConfigError(Exception):

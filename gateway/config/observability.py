@@ -52,11 +52,14 @@ AccessLogField = Literal[
     "sub",  # the token's subject: personal data in many deployments, so opt-in
     "would_refuse",  # report-only routes: the reason code not enforced (issue #19)
     "limit",  # the rate limit that refused the request (issue #18)
+    "signature_keyid",  # the verified HTTP message signature's keyid and label (gateway.signatures)
+    "signature_label",
 ]
 
 # Every field except the client address and the token id, which a deployment opts into.
 DEFAULT_ACCESS_LOG_FIELDS: Final[tuple[AccessLogField, ...]] = tuple(
-    f for f in get_args(AccessLogField) if f not in ("remote", "jti", "sub", "limit")
+    f for f in get_args(AccessLogField)
+    if f not in ("remote", "jti", "sub", "limit", "signature_keyid", "signature_label")
 )
 
 

@@ -27,6 +27,7 @@ from .proxy import ProxyConfig
 from .ratelimit import RateLimitsConfig, check_rate_limits
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 from .risks import RiskId, unacknowledged_refusals
+from .signatures import ClientConfig, HttpSignaturesConfig, RouteSignatures, check_signatures
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -200,6 +201,8 @@ class RouteConfig(Model):
     external_origin: Origin | None = None
     # Browser clients: preflights answered here; DPoP-Nonce / WWW-Authenticate exposed.
     cors: CorsConfig | None = None
+    # FAPI 2.0 HTTP message signatures on this route (config/signatures.py).
+    http_signatures: RouteSignatures = RouteSignatures()
 
 
 class GatewayConfig(Model):
@@ -221,6 +224,9 @@ class GatewayConfig(Model):
     acknowledge_risks: tuple[RiskId, ...] = ()
     # Per-client limits and per-source abuse budgets (config/ratelimit.py); omitted: none.
     rate_limits: RateLimitsConfig | None = None
+    # OAuth clients' signing keys, and the gateway's own (config/signatures.py).
+    clients: tuple[ClientConfig, ...] = ()
+    http_signatures: HttpSignaturesConfig = HttpSignaturesConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -289,6 +295,7 @@ class GatewayConfig(Model):
             problems.append(workers_problem)
         problems.extend(check_deny_entries(self.revocation, self.issuers))
         problems.extend(check_rate_limits(self))
+        problems.extend(check_signatures(self))
         if problems:
             raise ValueError("\n".join(problems))
         return self

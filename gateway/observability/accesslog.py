@@ -83,6 +83,8 @@ class AccessRecord:
     sub: str | None = None  # opt-in field: a subject can be personal data
     would_refuse: str | None = None
     limit: str | None = None
+    signature_keyid: str | None = None
+    signature_label: str | None = None
 
 
 def redact_query(query: str) -> str:
@@ -138,6 +140,8 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "sub": attrgetter("sub"),
     "would_refuse": attrgetter("would_refuse"),
     "limit": attrgetter("limit"),
+    "signature_keyid": attrgetter("signature_keyid"),
+    "signature_label": attrgetter("signature_label"),
 }
 
 

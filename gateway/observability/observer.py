@@ -58,6 +58,7 @@ class Observer:
         mode: str = "proxy",
         refused_token: VerifiedToken | None = None,
         limit: str | None = None,
+        signature: tuple[str, str] | None = None,
     ) -> None:
         """Count and log one finished request. ``started`` is a ``time.perf_counter()`` value."""
         elapsed = time.perf_counter() - started
@@ -94,6 +95,8 @@ class Observer:
                 sub=token.subject if token is not None else None,
                 would_refuse=decision.would_refuse if decision is not None else None,
                 limit=limit,
+                signature_keyid=signature[0] if signature is not None else None,
+                signature_label=signature[1] if signature is not None else None,
             )
         )
 
