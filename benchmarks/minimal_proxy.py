@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ssl
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import ClientSession, TCPConnector, web
@@ -26,7 +27,9 @@ HOP = frozenset(
 SESSION = web.AppKey("session", ClientSession)
 
 
-def build_app(upstream: str, stream: bool = False) -> web.Application:
+def build_app(upstream: str, stream: bool = False,
+              check: Callable[[web.Request], bool] | None = None) -> web.Application:
+    """``check`` (benchmarks.floor): per-request work before forwarding; False answers 401."""
     app = web.Application()
 
     async def start(app: web.Application) -> None:
@@ -38,6 +41,8 @@ def build_app(upstream: str, stream: bool = False) -> web.Application:
         await app[SESSION].close()
 
     async def forward(request: web.Request) -> web.StreamResponse:
+        if check is not None and not check(request):
+            return web.Response(status=401)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         body = await request.read() if request.body_exists else None
         async with app[SESSION].request(
