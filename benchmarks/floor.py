@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from .minimal_proxy import build_app
+from .minimal_proxy import build_app, tune_gc
 
 _ES256 = ec.ECDSA(hashes.SHA256())
 
@@ -97,6 +97,7 @@ def main() -> None:
     ctx.load_verify_locations(args.ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
     uvloop.install()
+    tune_gc()
     web.run_app(
         build_app(args.upstream.rstrip("/"), check=make_check(args.jwks)),
         host="127.0.0.1", port=args.port, ssl_context=ctx, access_log=None, print=None, keepalive_timeout=120,

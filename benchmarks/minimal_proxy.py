@@ -9,6 +9,7 @@ no metrics, no access log. Run:
 from __future__ import annotations
 
 import argparse
+import gc
 import ssl
 from collections.abc import Callable
 
@@ -70,6 +71,15 @@ def build_app(upstream: str, stream: bool = False,
     return app
 
 
+def tune_gc() -> None:
+    """The gateway's process-level GC setting (gateway/server.py ``_tune_gc``): without it these
+    references spend ~4 % of their CPU in the collector (perf, issue 20), which is a runtime
+    setting, not a check, and would flatter every ratio to them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -84,6 +94,7 @@ def main() -> None:
     ctx.load_verify_locations(args.ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
     uvloop.install()
+    tune_gc()
     web.run_app(
         build_app(args.upstream.rstrip("/"), stream=args.stream),
         host="127.0.0.1",

@@ -28,7 +28,7 @@ APACHE_CHECKS = """\
 Apache + mod_oauth2 3.3.1 / liboauth2 1.4.5.4, `OAuth2TokenVerify jwk ... type=dpop`, replay cache in Redis.
 
 Checks:
-- the access token's signature against the configured JWK, `iss`, `exp` and `iat` when verified
+- the access token's signature against the configured JWK, and `exp` (required here) when verified
   (the result is then cached, see below);
 - the DPoP proof: well-formed JWS, `typ` is `dpop+jwt` (case-insensitive), `alg` not `none` and
   starting RS/PS/ES, signature with the header's `jwk`, `htm`, `htu` (scheme://host:port/path,
@@ -37,6 +37,9 @@ Checks:
 - replay of the exact same proof string within `dpop.expiry` (here 75 s), in Redis [test].
 
 Does not check (the gateway does all of these):
+- the token's `iss` and `aud`: the `jwk` verify type has no expected issuer (`verify.iss=required`
+  refuses every token, so it stays optional, i.e. unchecked) and liboauth2 has no audience check:
+  a token for another API or from another issuer signed with the same key passes [test];
 - `ath` (the proof's hash of the token) is not read at all in this version [test];
 - `jti` presence is not required: a missing `jti` is read as NULL and the proof passes [test];
 - replay is keyed by the whole proof string (the arguments of `_oauth2_dpop_jti_validate` are

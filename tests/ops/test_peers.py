@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks import peers
-from benchmarks.material import Material, b64url, es256_jws, jwk_of, make_material
+from benchmarks.material import AS_KID, Material, b64url, es256_jws, jkt_of, jwk_of, make_material
 from benchmarks.servers import PATH, Probe, Proc, _get, free_port, probe, python, start, wait_port
 
 from .gwproc import ThreadedUpstream
@@ -109,6 +111,16 @@ def test_apache_mod_oauth2_gaps_listed_in_the_benchmark(material: Material, apac
     """What the comparison says it does not check: asserted, so the list cannot go stale silently."""
     port, redis = apache
     token = material.hot_dpop_token
+    # iss and aud are not checked: a token for another API, from another issuer, signed with the
+    # same key, bound to the same proof key, passes.
+    as_key = serialization.load_pem_private_key((material.dir / "as-key.pem").read_bytes(), None)
+    assert isinstance(as_key, ec.EllipticCurvePrivateKey)
+    now = int(time.time())
+    foreign = es256_jws(as_key, {"alg": "ES256", "typ": "at+jwt", "kid": AS_KID}, {
+        "iss": "https://other-issuer.example", "aud": "https://other-api.example", "sub": "x", "iat": now,
+        "exp": now + 600, "jti": secrets.token_urlsafe(8), "cnf": {"jkt": jkt_of(jwk_of(material.hot_key))}})
+    status = _get(material, port, {"Authorization": "DPoP " + foreign, "DPoP": _proof(material, port, foreign)})[0]
+    assert status == 200
     # ath is not read: a proof for another token passes.
     assert _call(material, port, _proof(material, port, token, ath=b64url(b"\0" * 32))) == 200
     # jti is not required.
