@@ -174,6 +174,9 @@ def render(rows: list[dict[str, Any]], cands: list[Candidate], args: argparse.Na
               "Envoy `jwt_authn` checks the access token only (signature against the local JWKS, `iss`, `aud`, "
               "`exp`/`nbf`): no DPoP proof, no `cnf` binding, no replay cache. The floor checks one proof "
               "signature and (once per token) the token signature, nothing else.", ""]
+    notes = BENCH / "yardstick-notes.md"
+    if notes.exists():  # hand-written: where the time goes, what was tried, memory
+        lines += [notes.read_text().strip(), ""]
     for key, text in profiles.items():
         lines += [f"### perf profile: {key} (c64-hot)", "", text, ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -194,6 +197,18 @@ def update_results(section_body: str) -> None:
     results.write_text(text)
 
 
+def rerender() -> None:
+    """Re-render from benchmarks/out/yardstick.json (e.g. after editing yardstick-notes.md)."""
+    data = json.loads((OUT / "yardstick.json").read_text())
+    ns = argparse.Namespace(**data["meta"]["args"])
+    cands = [Candidate(c["key"], c["title"], 0, None, None, False, "", lambda: []) for c in data["meta"]["cands"]]  # type: ignore[arg-type]
+    for c, meta in zip(cands, data["meta"]["cands"], strict=True):
+        c.not_run = meta["not_run"]
+    text = render(data["rows"], cands, ns, data["meta"]["started"], data["meta"]["ended"], data["meta"]["profiles"])
+    RESULT_MD.write_text("# Issue 20 yardstick (generated)\n\n" + text)
+    update_results(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round, short phases: a smoke run")
@@ -209,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                     "gw-dpop,floor,apache-oauth2)")
     ap.add_argument("--perf-seconds", type=float, default=5.0)
     ap.add_argument("--no-results-md", action="store_true", help="write RESULTS-yardstick.md only")
+    ap.add_argument("--report-only", action="store_true",
+                    help="re-render from benchmarks/out/yardstick.json (after editing yardstick-notes.md)")
     args = ap.parse_args(argv)
+    if args.report_only:
+        rerender()
+        return 0
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.extras = False
     if args.quick:
@@ -266,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"perf profile of {c.key}: done", flush=True)
     stop_all()
     ended = time.time()
-    (OUT / "yardstick.json").write_text(json.dumps({"rows": rows, "argv": args.argv}, indent=1))
+    meta = {"args": {k: getattr(args, k) for k in ("argv", "rounds", "duration", "warmup", "clients")},
+            "cands": [{"key": c.key, "title": c.title, "not_run": c.not_run} for c in cands],
+            "started": started, "ended": ended, "profiles": profiles}
+    (OUT / "yardstick.json").write_text(json.dumps({"rows": rows, "argv": args.argv, "meta": meta}, indent=1))
     text = render(rows, cands, args, started, ended, profiles)
     RESULT_MD.write_text("# Issue 20 yardstick (generated)\n\n" + text)
     if not args.no_results_md:
