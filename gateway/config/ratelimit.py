@@ -147,6 +147,8 @@ class RateLimitsConfig(Model):
         for n, limit in enumerate(self.limits):
             if limit.id in seen:
                 problems.append(f"limits[{n}].id: duplicate of limits[{seen[limit.id]}].id ({limit.id!r})")
+            if limit.id == "source_budget":
+                problems.append(f"limits[{n}].id: source_budget names the per-source budget (metrics, 429 body)")
             seen.setdefault(limit.id, n)
         for k, ref in enumerate(self.default):
             if ref not in seen:

@@ -324,7 +324,11 @@ class Ride:
     """One request's limits riding on its DPoP replay check: ``arm`` (once the token is verified)
     makes ``RedisReplayStore.first_use`` send the ``SET NX`` and the limits as ONE script on its
     pipelined connection; a replay consumes nothing. Not armed, or the replay check never ran (a
-    refused proof, an in-memory or cluster replay store): ``check`` makes its own call."""
+    refused proof, an in-memory or cluster replay store): ``check`` makes its own call.
+
+    Handed over in a context variable (``bind.replay.REPLAY_RIDER``), set only around the binding
+    step, rather than as a parameter through ``Binder.check`` and ``DpopVerifier.verify``: the
+    binding stage's interfaces stay as they are, and only the Redis store knows about it."""
 
     __slots__ = ("checks", "limiter", "outcomes", "plan", "req", "route_id")
 
