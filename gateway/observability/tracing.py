@@ -35,13 +35,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -85,10 +87,15 @@ _PROPAGATOR: Final = TraceContextTextMapPropagator()
 class _Tracing:
     """The process's tracing: one provider, its tracer, how incoming context is treated."""
 
-    def __init__(self, provider: TracerProvider, incoming: str) -> None:
+    def __init__(self, provider: TracerProvider, incoming: str, ratio: float | None) -> None:
         self.provider = provider
         self.tracer: Tracer = provider.get_tracer("gateway", _version())
         self.incoming = incoming
+        # With sample_ratio in the file, a request that starts a trace is sampled here, before any
+        # span exists: an unsampled one then costs two random numbers and a string, not a span.
+        self.ratio = ratio
+        self.bound = round(ratio * (1 << 64)) if ratio is not None else None
+
 
 
 _ACTIVE: _Tracing | None = None
@@ -126,7 +133,10 @@ def setup_tracing(
     # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES; the attributes given here win.
     resource = Resource.create({SERVICE_NAME: name, SERVICE_VERSION: _version()})
     # None: the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, all).
-    sampler = ParentBased(TraceIdRatioBased(cfg.sample_ratio)) if cfg.sample_ratio is not None else None
+    # sample_ratio set: new traces are sampled by the request handler (ratio below), so the SDK
+    # records what reaches it (ParentBased: a caller's decision still rules). Unset: the SDK's
+    # sampler from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, all).
+    sampler = ParentBased(ALWAYS_ON) if cfg.sample_ratio is not None else None
     provider = TracerProvider(resource=resource, sampler=sampler)
     if processor is None:
         if exporter is None:
@@ -141,7 +151,7 @@ def setup_tracing(
             processor = SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
     _instrument_aiohttp_client(provider)
-    _ACTIVE = _Tracing(provider, cfg.incoming_context)
+    _ACTIVE = _Tracing(provider, cfg.incoming_context, cfg.sample_ratio)
     log.info("tracing on: service %s, sampling %s", name,
              f"{cfg.sample_ratio:g} (parent-based)" if cfg.sample_ratio is not None
              else os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on"))
@@ -320,6 +330,10 @@ class _TracedClientCerts:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def upstream_header(self, peer: PeerCertificate | None) -> tuple[str, str] | None:
+        # Every forwarded request asks: a plain method, not the __getattr__ fallback.
+        return self._inner.upstream_header(peer)  # type: ignore[no-any-return]
+
     def peer_certificate(self, request: web.BaseRequest, *, authenticates: bool = True) -> PeerCertificate | None:
         if not _recording():
             return self._inner.peer_certificate(request, authenticates=authenticates)  # type: ignore[no-any-return]
@@ -348,8 +362,15 @@ class _TracedForwarder:
         # The client's trace state describes the client's trace, not ours.
         headers.popall("traceparent", None)
         headers.popall("tracestate", None)
-        if not _recording():
-            _PROPAGATOR.inject(headers)
+        current = trace.get_current_span()
+        if not current.is_recording():
+            # Written directly (the unsampled path is the hot one): the caller's unsampled context,
+            # or, for a trace the handler chose not to sample (no span at all), fresh ids, flags 00.
+            ctx = current.get_span_context()
+            headers["traceparent"] = (
+                f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}" if ctx.is_valid
+                else f"00-{getrandbits(128) or 1:032x}-{getrandbits(64) or 1:016x}-00"
+            )
             return await self._inner.forward(request, upstream, headers, **kwargs)  # type: ignore[no-any-return]
         with _span(self._t, "upstream", SpanKind.CLIENT) as span:
             span.set_attribute("http.request.method", request.method)
@@ -434,21 +455,27 @@ class TracedGatewayHandler(_handler_base()):  # type: ignore[misc]
             or (active.incoming == "trusted_proxies" and self.holder.current.is_trusted(request.remote))
         ):
             parent = _PROPAGATOR.extract(headers)
-        path = request.path
-        with active.tracer.start_as_current_span(
-            request.method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-            attributes={
+        bound = active.bound
+        if parent is None and bound is not None and getrandbits(64) >= bound:
+            # Not sampled: no span at all (the upstream still gets a traceparent: _TracedForwarder).
+            return await super().__call__(request)  # type: ignore[no-any-return]
+        # start_span + attach rather than start_as_current_span: the context-manager machinery
+        # costs more than the span itself.
+        span = active.tracer.start_span(request.method, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            path = request.path
+            span.set_attributes({
                 "http.request.method": request.method,
                 "url.path": path if len(path) <= _MAX_PATH else path[:_MAX_PATH],
                 "url.scheme": "https" if request.secure else "http",
                 "gateway.mode": "proxy",
-            },
-        ):
+            })
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             return await super().__call__(request)  # type: ignore[no-any-return]
+        finally:
+            otel_context.detach(token)
+            span.end()
 
 
 def traced_handler(handler: GatewayHandler) -> GatewayHandler:
