@@ -152,6 +152,10 @@ def setup_tracing(
     provider.add_span_processor(processor)
     _instrument_aiohttp_client(provider)
     _ACTIVE = _Tracing(provider, cfg.incoming_context, cfg.sample_ratio)
+    if cfg.incoming_context == "any":
+        # A client then picks our trace ids and can have every one of its requests sampled.
+        log.warning("observability.tracing.incoming_context: any: any client's traceparent is continued, "
+                    "sampling decision included")
     log.info("tracing on: service %s, sampling %s", name,
              f"{cfg.sample_ratio:g} (parent-based)" if cfg.sample_ratio is not None
              else os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on"))
