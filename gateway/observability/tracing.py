@@ -43,7 +43,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import Decision as SamplingDecision
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, SamplingResult, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -92,10 +93,29 @@ class _Tracing:
         self.tracer: Tracer = provider.get_tracer("gateway", _version())
         self.incoming = incoming
         # With sample_ratio in the file, a request that starts a trace is sampled here, before any
-        # span exists: an unsampled one then costs two random numbers and a string, not a span.
+        # span exists: an unsampled one then costs a random number, not a span.
         self.ratio = ratio
         self.bound = round(ratio * (1 << 64)) if ratio is not None else None
 
+
+class _HeadSampled(Sampler):
+    """Root spans with ``sample_ratio`` set: a request's SERVER span is started only for a request
+    the handler chose to sample, so it is recorded; any other root (a JWKS refresh, an AS call made
+    outside a sampled request) is sampled at the ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, kind: SpanKind | None = None,
+        attributes: Any = None, links: Any = None, trace_state: Any = None,
+    ) -> SamplingResult:
+        if kind == SpanKind.SERVER:
+            return SamplingResult(SamplingDecision.RECORD_AND_SAMPLE, attributes)
+        return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"GatewayHeadSampled{{{self._ratio.get_description()}}}"
 
 
 _ACTIVE: _Tracing | None = None
@@ -132,11 +152,10 @@ def setup_tracing(
     name = cfg.service_name or os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
     # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES; the attributes given here win.
     resource = Resource.create({SERVICE_NAME: name, SERVICE_VERSION: _version()})
-    # None: the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, all).
-    # sample_ratio set: new traces are sampled by the request handler (ratio below), so the SDK
-    # records what reaches it (ParentBased: a caller's decision still rules). Unset: the SDK's
-    # sampler from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, all).
-    sampler = ParentBased(ALWAYS_ON) if cfg.sample_ratio is not None else None
+    # sample_ratio set: new traces are sampled by the request handler (TracedGatewayHandler), other
+    # roots at the ratio; a caller's decision still rules (ParentBased). Unset: the SDK's sampler
+    # from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, all).
+    sampler = ParentBased(_HeadSampled(cfg.sample_ratio)) if cfg.sample_ratio is not None else None
     provider = TracerProvider(resource=resource, sampler=sampler)
     if processor is None:
         if exporter is None:

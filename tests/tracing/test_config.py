@@ -93,6 +93,7 @@ def test_environment_fills_what_the_file_leaves_unset(monkeypatch: pytest.Monkey
         assert provider.resource.attributes["service.name"] == "gw"
         active = tracing._ACTIVE
         assert active is not None and active.ratio == 0.5 and active.bound == 1 << 63
+        assert "0.5" in provider.sampler.get_description()  # other roots (JWKS refreshes): the same ratio
     finally:
         tracing.shutdown_tracing()
     assert tracing.tracer() is None
