@@ -14,9 +14,10 @@ This module is imported only when ``observability.tracing.enabled`` is true: wit
 OpenTelemetry package is loaded and the request path is the untraced one, byte for byte (the
 wrappers here replace the stages of a ``GatewayState``; nothing checks a flag per request).
 
-With tracing on, a request whose trace is not sampled costs one non-recording span and one
-context-variable read per stage (every wrapper returns straight to the stage when the current span
-is not recording): benchmarks/TRACING.md has the figures.
+With tracing on and ``sample_ratio`` set, the handler decides before any span exists: a request
+that is not sampled gets no span, a ``traceparent`` (flags 00) for the upstream and one context
+read per stage wrapper (each returns straight to its stage when nothing is being recorded).
+benchmarks/TRACING.md has the figures.
 
 No token material ever goes into a span: attributes are route ids, reason codes, status codes,
 issuer identifiers and the interaction id. The aiohttp client instrumentation can be told by
