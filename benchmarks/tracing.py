@@ -174,6 +174,13 @@ def _render(rows: list[dict[str, Any]], cands: list[Candidate], args: argparse.N
             lines.append(f"| `{key}` | {v['server_cpu_us_per_req']:.0f} ({v['cpu_min']:.0f}-{v['cpu_max']:.0f}) | "
                          f"{rel:+.1%} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |")
         lines.append("")
+    costs = []
+    for name, _, _ in SCENARIOS:
+        sc = _summary(rows, name) if name in args.scenarios.split(",") else {}
+        if "gw-trace-100" in sc and "gw-off" in sc:
+            costs.append(f"{sc['gw-trace-100']['server_cpu_us_per_req'] - sc['gw-off']['server_cpu_us_per_req']:.0f} "
+                         f"µs ({name})")
+    per_sampled = ", ".join(costs) or "n/a"
     lines += [f"Spans received by the OTLP sink over the whole run: {exported.get('spans', 0)} in "
               f"{exported.get('exports', 0)} export requests (warm-up and untimed phases included).", "",
               "## Reading it", "",
@@ -190,9 +197,10 @@ def _render(rows: list[dict[str, Any]], cands: list[Candidate], args: argparse.N
               "measured 8-22 µs per request over tracing off, depending on the machine's load.",
               "- **Each sampled request** records 9-10 spans (request, tls_peer, credentials, token_verify, "
               "binding, replay_store, policy, upstream) through the SDK and its batch exporter (protobuf "
-              "encoding on a background thread of the same process): about 500-600 µs of CPU, so 10 % "
-              "sampling adds roughly 50-60 µs per request on average and 1 % about 5-6 µs on top of the "
-              "unsampled cost. Sample at 1-10 % in production; 100 % is for a test environment.", ""]
+              f"encoding on a background thread of the same process): {per_sampled} of CPU here "
+              "(`gw-trace-100` minus `gw-off`, per scenario), so 10 % sampling adds a tenth of that per "
+              "request on average and 1 % a hundredth, on top of the unsampled cost. Sample at 1-10 % in "
+              "production; 100 % is for a test environment.", ""]
     return "\n".join(lines)
 
 
