@@ -413,3 +413,30 @@ def test_server_header_policy() -> None:
     assert HeaderPolicy(relay_upstream_server=True).client_response_headers(upstream)["Server"] == "nginx/1.25.3"
     with pytest.raises(ConfigError, match=r"proxy\.server_header"):
         parse_config("proxy: {server_header: \"a\\nb\"}\nroutes: []\n")
+
+
+def test_access_log_sub_and_jti_are_opt_in_fields() -> None:
+    import io
+
+    from gateway.config.observability import DEFAULT_ACCESS_LOG_FIELDS, AccessLogConfig
+    from gateway.model import VerifiedToken
+    from gateway.observability.accesslog import AccessLog
+    from gateway.observability.metrics import Metrics
+    from gateway.observability.observer import Observer
+
+    assert "sub" not in DEFAULT_ACCESS_LOG_FIELDS and "jti" not in DEFAULT_ACCESS_LOG_FIELDS
+    out = io.StringIO()
+    log = AccessLog(AccessLogConfig(fields=("reason", "client_id", "jti", "sub")), stream=out)
+    token = VerifiedToken(issuer="https://as", subject="user-7", client_id="tpp-1", audience=("a",),
+                          scopes=frozenset(), expires_at=0.0, jti="j-1", cnf_jkt=None, cnf_x5t_s256="x",
+                          source="jwt")
+
+    class Req:
+        method, path, query_string, remote = "GET", "/accounts", "", "127.0.0.1"
+
+    Observer(Metrics(), log).finished(Req(), started=time.perf_counter(), route_id=None, status=401,
+                                      reason="binding_mismatch", decision=None, interaction_id="i",
+                                      refused_token=token)
+    log.close()
+    assert json.loads(out.getvalue()) == {"reason": "binding_mismatch", "client_id": "tpp-1", "jti": "j-1",
+                                          "sub": "user-7"}
