@@ -1,4 +1,4 @@
-"""Command line: ``gateway run|demo|demo-client|check-config|dev-certs``. No logic beyond argument handling."""
+"""Command line: ``gateway run|demo|demo-client|check-config|dev-certs|explain``. No logic beyond argument handling."""
 
 from __future__ import annotations
 
@@ -114,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="exit 78 also on risky settings that are warned about but not acknowledged (CI)")
     p_certs = _add(sub, "dev-certs", "write a DEV ONLY CA, server and client certificates", common)
     p_certs.add_argument("dir")
+    from .explain.cli import add_parser as add_explain  # issue #19
+
+    add_explain(sub, common)
     args = parser.parse_args(argv)
     level = args.log_level or "INFO"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -138,12 +141,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"risky settings: {len(risks) or 'none'}")
         for risk in risks:
             print(f"  {redact(describe(risk))}")
+        from .authz.report import describe_rules  # issue #16: where each authz rule applies
+
+        for line in describe_rules(cfg):
+            print(redact(line))
         unacknowledged = [r for r in risks if not r.acknowledged]
         if args.strict and unacknowledged:
             print(f"{args.file}: --strict: {len(unacknowledged)} risky setting(s) not acknowledged "
                   "(list their ids under acknowledge_risks:)", file=sys.stderr)
             return EXIT_CONFIG
         return 0
+    if args.command == "explain":
+        from .explain.cli import run as run_explain
+
+        return run_explain(args)
     if args.command == "dev-certs":
         from .devcerts import make_dev_certs
 

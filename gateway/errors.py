@@ -11,6 +11,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   ├── InvalidRequestError           400 invalid_request
     │   ├── InvalidTokenError             401 invalid_token (also binding failures, RFC 8705 §3)
     │   ├── InsufficientScopeError        403 insufficient_scope (+ scope)
+    │   ├── InsufficientAuthorizationDetailsError 403 insufficient_authorization_details (authz rules)
     │   ├── InvalidDpopProofError         401 invalid_dpop_proof (RFC 9449 §7.1)
     │   └── UseDpopNonceError             401 use_dpop_nonce (+ DPoP-Nonce, RFC 9449 §9)
     ├── DependencyError                   never blames the client; fail closed
@@ -34,7 +35,11 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
     ├── ClientBodyError                   400 (the request body broke off or did not parse)
     ├── UntrustedCallerError              403 (a decision check from a peer not trusted to ask)
-    └── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
+    ├── RateLimitedError                  429 + Retry-After, RateLimit fields (names the limit)
+    ├── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
+    ├── HttpSignatureError                401 + Accept-Signature (RFC 9421 §5.1), an OAuthError
+    ├── DigestMismatchError               400 (RFC 9530 Content-Digest missing or wrong)
+    └── SignedRouteNotDecidableError      403 (a signed route asked of a decision front)
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
 """
@@ -44,7 +49,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from .model import VerifiedToken
+    from .model import Decision, VerifiedToken
 
 Scheme = Literal["Bearer", "DPoP"]
 
@@ -56,9 +61,12 @@ __all__ = (
     "DecisionBodyNotAllowedError",
     "DecisionBusyError",
     "DependencyError",
+    "DigestMismatchError",
     "ExpectationFailedError",
     "GatewayError",
     "HeaderRefusedError",
+    "HttpSignatureError",
+    "InsufficientAuthorizationDetailsError",
     "InsufficientScopeError",
     "IntrospectionBusyError",
     "IntrospectionUnavailableError",
@@ -72,11 +80,13 @@ __all__ = (
     "MissingCredentialsError",
     "OAuthError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "ReplayStoreUnavailableError",
     "RequestTimeoutError",
     "RevocationDataStaleError",
     "RouteNotFoundError",
     "Scheme",
+    "SignedRouteNotDecidableError",
     "TransferCodingNotImplementedError",
     "UntrustedCallerError",
     "UpstreamTimeoutError",
@@ -153,6 +163,17 @@ class InsufficientScopeError(OAuthError):
     ) -> None:
         super().__init__(description, reason=reason, scheme=scheme)
         self.scope = scope
+
+
+class InsufficientAuthorizationDetailsError(OAuthError):
+    """The token is valid for the route but does not grant this request: no matching RFC 9396
+    ``authorization_details`` entry, a consent id that does not match, or a CEL rule that is not
+    true (``gateway.authz``). RFC 9396 defines no resource-server error; the error code is the one
+    draft-zehavi-oauth-rar-metadata proposes. A route may select ``insufficient_scope`` instead."""
+
+    status = 403
+    error = "insufficient_authorization_details"
+    default_reason = "insufficient_authorization_details"
 
 
 class InvalidDpopProofError(OAuthError):
@@ -327,6 +348,61 @@ class DecisionBusyError(DependencyError):
 
     default_reason = "decision_busy"
     retry_after_s = 1
+
+
+class RateLimitedError(GatewayError):
+    """A limit of ``rate_limits:`` refused the request (RFC 6585 §4). ``limit_id`` names it (body,
+    access log, metrics); ``fields`` are its ``RateLimit-Policy`` / ``RateLimit`` header fields."""
+
+    status = 429
+    default_reason = "rate_limited"
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        limit_id: str,
+        retry_after_s: int,
+        fields: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
+        decision: Decision | None = None,
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.limit_id = limit_id
+        self.retry_after_s = max(1, retry_after_s)
+        self.fields = fields
+        # Who was throttled (verified: identity limits run after the decision), for the access log.
+        self.decision = decision
+class HttpSignatureError(OAuthError):
+    """The request's HTTP message signature (RFC 9421, FAPI 2.0 profile) is missing or does not
+    verify. A 401 carrying the route's bare challenge (no ``error``: the token was fine) and an
+    ``Accept-Signature`` field saying what to sign (RFC 9421 §5.1); ``reason`` says which check
+    failed (signature_missing, signature_invalid, signature_expired, unknown_key, ...)."""
+
+    status = 401
+    error = None
+    default_reason = "signature_invalid"
+
+    def __init__(self, description: str = "", *, accept_signature: str, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason)
+        self.accept_signature = accept_signature
+
+
+class DigestMismatchError(GatewayError):
+    """The request body does not match its signed ``Content-Digest`` (RFC 9530), or the digest is
+    missing or unusable. Refused before the upstream receives any of the body."""
+
+    status = 400
+    default_reason = "digest_mismatch"
+
+
+class SignedRouteNotDecidableError(GatewayError):
+    """A decision front (ext_authz, auth_request, forwardAuth) was asked about a route with HTTP
+    message signatures: it never sees the body (no Content-Digest check) and cannot sign the
+    response, so the answer is a denial, never an allow. Serve such routes through the proxy."""
+
+    status = 403
+    default_reason = "signatures_need_proxy"
 
 
 class ConfigError(Exception):

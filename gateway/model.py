@@ -12,7 +12,7 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from multidict import CIMultiDictProxy
 
@@ -20,6 +20,7 @@ __all__ = (
     "AuthRequest",
     "Binding",
     "BindingType",
+    "BodyReader",
     "Credentials",
     "Decision",
     "PeerCertificate",
@@ -54,6 +55,12 @@ class PeerCertificate:
             object.__setattr__(self, "x5t_s256", sha256_b64url(self.der))
 
 
+class BodyReader(Protocol):
+    """The request body, read on demand by a stage that inspects it (``gateway.authz.body``)."""
+
+    async def read(self, limit: int) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AuthRequest:
     """What the auth decision needs to know about a request, independent of how it arrived.
@@ -71,6 +78,10 @@ class AuthRequest:
     headers: CIMultiDictProxy[str]
     peer_cert: PeerCertificate | None
     remote: str | None = None
+    # The route's path template parameters (``gateway.routing``): typed, percent-decoded.
+    path_params: Mapping[str, str | int] = field(default_factory=dict)
+    # The proxy listener's body, for routes that inspect it; None on the decision fronts.
+    body: BodyReader | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,8 @@ class Decision:
     upstream_headers: tuple[tuple[str, str], ...] = ()
     # Extra response headers for the client, e.g. a fresh DPoP-Nonce (RFC 9449 §8.2).
     response_headers: tuple[tuple[str, str], ...] = ()
+    # Report-only routes (gateway.report): the reason code of the refusal that was not enforced.
+    would_refuse: str | None = None
 
 
 ALLOW_ANONYMOUS = Decision(token=None, binding=Binding("none"))

@@ -47,6 +47,7 @@ from .config.risks import log_risks
 from .errors import ConfigError
 from .listener import ConnectionGuard, GuardedServer, GuardedSite
 from .observability.accesslog import AccessLog
+from .observability.certs import certificate_files
 from .observability.health import RedisProbe, stage_ready
 from .observability.logsetup import configure_logging
 from .observability.metrics import Metrics
@@ -95,6 +96,7 @@ _RESTART_ONLY = (
     "lifecycle.workers", "lifecycle.reload",
     "decision.enabled", "decision.grpc", "decision.http", "decision.tls",
     "observability.metrics",
+    "observability.tracing",  # the tracer provider and exporter are set up once per process
 )
 
 
@@ -152,6 +154,7 @@ class GatewayServer:
         self._retiring: set[GatewayState] = set()
         self._reload_lock = asyncio.Lock()
         self._config_digest: bytes | None = None
+        self._tracing = False
 
     # -- start ------------------------------------------------------------------------------
 
@@ -160,8 +163,19 @@ class GatewayServer:
         cfg = self.cfg
         if self.access_log is None:
             self.access_log = AccessLog(cfg.observability.access_log)
+        self.access_log.on_drop = self.metrics.access_log_lost  # gateway_access_log_dropped_lines_total
+        # Expiry of the listener's certificate and every CA bundle of the running config (issue #19).
+        self.metrics.watch_certificates(lambda: certificate_files(self.cfg))
+        self.metrics.watch_state(lambda: self.handler.holder.current if self.handler is not None else None)
         if self.config_path is not None:
             self._config_digest = self._digest()
+        if cfg.observability.tracing.enabled:  # before any stage opens an HTTP client (issue #19)
+            try:
+                from .observability.tracing import setup_tracing
+            except ImportError as exc:  # the optional extra is not installed: say which
+                raise ConfigError([f"observability.tracing.enabled: needs the otel extra "
+                                   f"(pip install 'fapi-gateway[otel]'): {exc}"]) from None
+            self._tracing = setup_tracing(cfg.observability.tracing) is not None
         # The listener's client-certificate stage outlives config reloads: every state borrows it.
         metrics = self.metrics
         self.client_certs = ClientCertificates(cfg, on_untrusted_header=metrics.front_proxy_cert_dropped)
@@ -205,7 +219,8 @@ class GatewayServer:
             def render() -> bytes:
                 return b"# metrics disabled (observability.metrics.enabled: false)\n"
         admin = build_admin_app(self.readiness, render, token=cfg.admin.token,
-                                revocation=lambda: self.holder.current.revocation)
+                                revocation=lambda: self.holder.current.revocation,
+                                rate_limits=lambda: self.holder.current.pipeline.limits)
         self._admin_runner = AdminRunner(admin, on_malformed=self.metrics.malformed_request, access_log=None,
                                          handle_signals=False, shutdown_timeout=1)
         await self._admin_runner.setup()
@@ -324,6 +339,7 @@ class GatewayServer:
     def _swap_access_log(self, cfg: GatewayConfig) -> None:
         assert self.handler is not None
         new_log = AccessLog(cfg.observability.access_log)
+        new_log.on_drop = self.metrics.access_log_lost
         old_log, self.access_log = self.access_log, new_log
         self.handler.observer.access_log = new_log
         if old_log is not None:
@@ -403,6 +419,11 @@ class GatewayServer:
             self._admin_runner = None
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
+        if self._tracing:  # flushes queued spans (bounded by the exporter's timeout)
+            from .observability.tracing import shutdown_tracing
+
+            self._tracing = False
+            await asyncio.to_thread(shutdown_tracing)
 
 
 # --- process entry points ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ listener's Host allowlist entries.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -29,14 +30,59 @@ class PathConfig(Model):
     allow_trailing_dot: bool = False
 
 
+# Path template parameters (issue #16, ``gateway.routing``): a whole segment ``{name}`` or
+# ``{name:type}``. The name is what rules refer to (``{path: account_id}``, CEL ``request.params``).
+PARAM_TYPES = frozenset({"str", "int", "uuid"})
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,31})(?::([a-z]+))?\}")
+TemplateSegment = str | tuple[str, str]
+
+
+def parse_template(value: str) -> list[TemplateSegment]:
+    """A route path's segments: literal text, or ``(name, type)`` for a parameter. Assumes a
+    validated route path (``RoutePath``)."""
+    out: list[TemplateSegment] = []
+    for seg in value[1:].split("/"):
+        m = _PARAM.fullmatch(seg)
+        out.append((m.group(1), m.group(2) or "str") if m else seg)
+    return out
+
+
+def template_params(value: str) -> dict[str, str]:
+    """Parameter name -> type of a route path (empty for a plain path)."""
+    return {seg[0]: seg[1] for seg in parse_template(value) if not isinstance(seg, str)}
+
+
+def template_shape(value: str) -> str:
+    """The path with parameter names dropped: two templates of one shape match the same requests."""
+    return "/" + "/".join(seg if isinstance(seg, str) else "{:" + seg[1] + "}" for seg in parse_template(value))
+
+
 def _route_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must start with /")
+    if "{" in value or "}" in value:
+        names: set[str] = set()
+        for seg in value[1:].split("/"):
+            if "{" not in seg and "}" not in seg:
+                continue
+            m = _PARAM.fullmatch(seg)
+            if m is None:
+                raise ValueError(f"{seg!r}: a template parameter is a whole segment, {{name}} or {{name:type}}")
+            if m.group(2) is not None and m.group(2) not in PARAM_TYPES:
+                raise ValueError(f"{seg!r}: unknown parameter type (one of {', '.join(sorted(PARAM_TYPES))})")
+            if m.group(1) in names:
+                raise ValueError(f"{seg!r}: parameter {m.group(1)!r} appears twice")
+            names.add(m.group(1))
+        # The literal parts must be canonical like any route path: check with each parameter
+        # replaced by a plain segment.
+        literal = _PARAM.sub("p", value)
+    else:
+        literal = value
     try:
-        canonical = canonical_path(value, allow_trailing_dot=True)
+        canonical = canonical_path(literal, allow_trailing_dot=True)
     except InvalidRequestError as exc:
         raise ValueError(f"{exc.description}: route paths are matched against canonical request paths") from None
-    if canonical != value:
+    if canonical != literal:
         raise ValueError(f"not in canonical form: write {canonical!r}")
     return value
 

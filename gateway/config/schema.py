@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Discriminator, Field, SecretStr, Tag, model_validator
 
 from .auth import AuthPolicy
+from .authz import check_authz
 from .base import Cidr, FilePath, Model
 from .decision import DecisionConfig
 from .dpop import DpopConfig, check_workers
@@ -21,10 +22,12 @@ from .lifecycle import LifecycleConfig
 from .listener import ListenerLimits
 from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
-from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority
+from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority, template_shape
 from .proxy import ProxyConfig
+from .ratelimit import RateLimitsConfig, check_rate_limits
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 from .risks import RiskId, unacknowledged_refusals
+from .signatures import ClientConfig, HttpSignaturesConfig, RouteSignatures, check_signatures
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -198,6 +201,8 @@ class RouteConfig(Model):
     external_origin: Origin | None = None
     # Browser clients: preflights answered here; DPoP-Nonce / WWW-Authenticate exposed.
     cors: CorsConfig | None = None
+    # FAPI 2.0 HTTP message signatures on this route (config/signatures.py).
+    http_signatures: RouteSignatures = RouteSignatures()
 
 
 class GatewayConfig(Model):
@@ -217,6 +222,11 @@ class GatewayConfig(Model):
     decision: DecisionConfig = DecisionConfig()
     # Risky settings (config/risks.py) that the operator accepts, by id; the rest are refused.
     acknowledge_risks: tuple[RiskId, ...] = ()
+    # Per-client limits and per-source abuse budgets (config/ratelimit.py); omitted: none.
+    rate_limits: RateLimitsConfig | None = None
+    # OAuth clients' signing keys, and the gateway's own (config/signatures.py).
+    clients: tuple[ClientConfig, ...] = ()
+    http_signatures: HttpSignaturesConfig = HttpSignaturesConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -235,6 +245,8 @@ class GatewayConfig(Model):
                     problems.append(f"{where}.upstream: {upstream_problem}")
             m = route.match
             prefix, path = m.path_prefix, m.path
+            # Templates of one shape (names aside) match the same requests (issue #16).
+            prefix, path = prefix and template_shape(prefix), path and template_shape(path)
             if not self.paths.case_sensitive:  # the router ignores case: so does "same match"
                 prefix, path = prefix and prefix.lower(), path and path.lower()
             key = (prefix, path, m.host, frozenset(m.methods))
@@ -275,12 +287,15 @@ class GatewayConfig(Model):
                         f"{where}.auth.require_dpop_nonce: needs dpop.nonce (shared nonce secrets)"
                     )
                 problems.extend(check_introspect_always(where, route.auth, self.issuers))
+                problems.extend(check_authz(where, route, decision_fronts=self.decision.enabled))
         # Any authenticated route may see a DPoP-bound token, so the replay store must span workers.
         has_auth = any(isinstance(r.auth, AuthPolicy) for r in self.routes)
         workers_problem = check_workers(self.dpop, self.lifecycle.workers) if has_auth else None
         if workers_problem:
             problems.append(workers_problem)
         problems.extend(check_deny_entries(self.revocation, self.issuers))
+        problems.extend(check_rate_limits(self))
+        problems.extend(check_signatures(self))
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -57,6 +57,8 @@ class Observer:
         upstream_s: float | None = None,
         mode: str = "proxy",
         refused_token: VerifiedToken | None = None,
+        limit: str | None = None,
+        signature: tuple[str, str] | None = None,
     ) -> None:
         """Count and log one finished request. ``started`` is a ``time.perf_counter()`` value."""
         elapsed = time.perf_counter() - started
@@ -91,6 +93,10 @@ class Observer:
                 jti=token.jti if token is not None else None,
                 mode=mode,
                 sub=token.subject if token is not None else None,
+                would_refuse=decision.would_refuse if decision is not None else None,
+                limit=limit,
+                signature_keyid=signature[0] if signature is not None else None,
+                signature_label=signature[1] if signature is not None else None,
             )
         )
 

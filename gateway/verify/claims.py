@@ -96,11 +96,12 @@ def _kept_claims(claims: Mapping[str, Any]) -> Mapping[str, Any]:
     """The members ``gateway.policy`` can match against ``required_claims``: JSON strings, integers
     and booleans (a required value is one of these, compared with its type, so an object, array,
     float or null never matches and need not be kept). Names are interned: every cached token
-    would otherwise hold its own copy of "sub", "exp", ..."""
+    would otherwise hold its own copy of "sub", "exp", ... RFC 9396 ``authorization_details`` is kept
+    whatever its JSON type, for the authz stage (``gateway.authz``), which refuses a malformed one."""
     kept = {
         sys.intern(name): value
         for name, value in claims.items()
-        if isinstance(value, str | int) and name not in _NOT_REQUIRABLE
+        if (isinstance(value, str | int) and name not in _NOT_REQUIRABLE) or name == "authorization_details"
     }
     return MappingProxyType(kept) if kept else _NO_CLAIMS
 

@@ -91,6 +91,8 @@ class Clients:
                 "client_secret_basic",
                 client_secret=self.dpop_secret,
                 dpop_bound_access_tokens=True,
+                # RFC 9396 types it may ask for (tests/interop/test_interop_rar.py).
+                authorization_details_types=["account_information", "payment_initiation"],
             ),
             # Certificate-bound tokens, PKI client authentication (RFC 8705 §2.1).
             client_registration(

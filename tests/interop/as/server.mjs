@@ -71,6 +71,12 @@ function resourceServerInfo(indicator) {
   return info;
 }
 
+function validateDetail(_ctx, detail) {
+  if (!Array.isArray(detail.actions) || detail.actions.length === 0) {
+    throw new errors.InvalidAuthorizationDetails('actions are required');
+  }
+}
+
 function buildProvider(issuer) {
   const scopes = new Set();
   for (const rs of Object.values(config.resources)) {
@@ -106,6 +112,21 @@ function buildProvider(issuer) {
         getCertificate,
         certificateAuthorized,
         certificateSubjectMatches,
+      },
+      // RFC 9396 for client_credentials (tests/interop/test_interop_rar.py): the details the
+      // client asked for go into the access token (JWT claim / introspection response) as they
+      // are, after a shape check per type; a real AS would also ask the customer.
+      richAuthorizationRequests: {
+        enabled: true,
+        types: {
+          account_information: { validate: validateDetail },
+          payment_initiation: { validate: validateDetail },
+        },
+        authorizationDetailsForAccessToken(ctx, _token, source) {
+          const requested = ctx.oidc.params.authorization_details;
+          return requested === undefined ? source?.rar : JSON.parse(requested);
+        },
+        authorizationDetailsForIntrospection: (_ctx, token) => token.rar,
       },
       resourceIndicators: {
         enabled: true,
