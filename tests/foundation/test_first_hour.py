@@ -273,7 +273,7 @@ def test_run_honours_log_level_after_the_subcommand() -> None:
     assert seen["log_level"] == "DEBUG"
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "demo-client", "check-config", "dev-certs"])
+@pytest.mark.parametrize("command", ["run", "demo", "demo-client", "check-config", "dev-certs", "explain"])
 def test_subcommand_help_has_examples(command: str) -> None:
     out = _cli(command, "--help")
     assert out.returncode == 0 and "examples:" in out.stdout and f"gateway {command}" in out.stdout
