@@ -121,6 +121,7 @@ def test_access_log_names_the_token_of_a_binding_mismatch(demo: Demo) -> None:
     # The stolen-token signal: whose token it was, although the request was refused.
     assert mismatch["status"] == 401 and mismatch["client_id"] == "demo-client"
     # A replayed proof is refused after the token was verified: named too.
+    demo.wait_for('"reason":"dpop_replay"')
     replays = [r for r in demo.access_lines() if r["reason"] == "dpop_replay"]
     assert replays and replays[0]["client_id"] == "demo-client"
     # A token that does not verify names nobody (its claims are not to be believed).
@@ -440,3 +441,19 @@ def test_access_log_sub_and_jti_are_opt_in_fields() -> None:
     log.close()
     assert json.loads(out.getvalue()) == {"reason": "binding_mismatch", "client_id": "tpp-1", "jti": "j-1",
                                           "sub": "user-7"}
+
+
+def test_demo_from_another_directory_finds_its_config(tmp_path: Path) -> None:
+    gw, admin, echo, issuer = _free_ports(4)
+    env = _env(GATEWAY_PORT=str(gw), GATEWAY_ADMIN_PORT=str(admin), DEMO_ECHO_PORT=str(echo),
+               DEMO_ISSUER_PORT=str(issuer))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--no-client"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    d = Demo(proc, {})
+    try:
+        text = d.wait_for("Stop with Ctrl-C")
+        # The banner's paths work from where it was started: absolute, as nothing is below tmp_path.
+        assert f"--cacert {DEV}/ca.pem" in text and f"--certs {DEV}" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, d.text()
