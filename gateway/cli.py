@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,16 @@ _EXAMPLES = {
     "dev-certs": """examples:
   gateway dev-certs /tmp/certs         # DEV ONLY CA, server and client certificates""",
 }
+
+
+def _dev_config() -> str:
+    """``gateway demo`` from any directory: ./config/dev.yaml, else the source tree's (its paths
+    are relative to the file, so it works from anywhere)."""
+    here = "config/dev.yaml"
+    if os.path.exists(here):
+        return here
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), here)
+    return beside if os.path.exists(beside) else here
 
 
 def _version() -> str:
@@ -98,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--workers", type=int, default=None, help="worker processes (SO_REUSEPORT)")
     p_demo = _add(sub, "demo", "run the embedded dev default: gateway + demo upstream + demo issuer, "
                   "and show DPoP and mTLS calls", common)
-    p_demo.add_argument("--config", default="config/dev.yaml")
+    p_demo.add_argument("--config", default=None,
+                        help="default: config/dev.yaml here, else the one next to the installed sources")
     p_demo.add_argument("--no-client", action="store_true", help="do not make the demo calls after the banner")
     p_client = _add(sub, "demo-client", "make the demo's DPoP and mTLS calls against a running `gateway demo`",
                     common)
@@ -184,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"gateway: {exc.describe(args.config)}", file=sys.stderr)
             return EXIT_UNAVAILABLE
     if args.command == "demo":
+        args.config = args.config or _dev_config()
         cfg = _load(args.config)
         if cfg is None:
             return EXIT_CONFIG

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -33,24 +34,29 @@ def certs_dir(cfg: GatewayConfig) -> Path:
 _JQ = """python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'"""
 
 
-def _banner(server: GatewayServer, echo_port: int, issuer_url: str) -> str:
+def _banner(server: GatewayServer, echo_port: int, issuer_url: str, certs: Path) -> str:
     port = server.port
+    # Paths as typed from where the demo was started (certs/dev from the repository root).
+    d = os.path.relpath(certs)
+    d = d if not d.startswith("..") else os.path.normpath(certs.resolve())
     client = "gateway demo-client" + (f" --gateway https://localhost:{port} --issuer {issuer_url}"
                                       if (port, issuer_url) != (8443, "https://localhost:8082") else "")
-    a = "--cacert certs/dev/ca.pem --cert certs/dev/client-a.pem --key certs/dev/client-a-key.pem"
-    b = "--cacert certs/dev/ca.pem --cert certs/dev/client-b.pem --key certs/dev/client-b-key.pem"
+    client = (".venv/bin/" if Path(".venv/bin/gateway").exists() else "") + client + (
+        f" --certs {d}" if d != "certs/dev" else "")
+    a = f"--cacert {d}/ca.pem --cert {d}/client-a.pem --key {d}/client-a-key.pem"
+    b = f"--cacert {d}/ca.pem --cert {d}/client-b.pem --key {d}/client-b-key.pem"
     return f"""
-fapi-gateway demo is running (DEV ONLY certificates from certs/dev/).
+fapi-gateway demo is running (DEV ONLY certificates from {d}/).
   gateway   https://localhost:{port}   (mTLS, client certificate optional)
   admin     http://127.0.0.1:{server.admin_port}/metrics  /healthz  /readyz
   issuer    {issuer_url}  (demo AS: mints tokens bound to your cert or DPoP key)
   upstream  http://127.0.0.1:{echo_port}  (echo: shows what the gateway forwarded)
 
-Try (from the repository root):
+Try:
   # plain proxying, open route
   curl -s {a} https://localhost:{port}/echo/hello
   # no token: 401 with a challenge for each scheme the route accepts
-  curl -s -i --cacert certs/dev/ca.pem https://localhost:{port}/accounts
+  curl -s -i --cacert {d}/ca.pem https://localhost:{port}/accounts
   # a certificate-bound token (RFC 8705) for client A, used by client A: 200
   TOKEN=$(curl -s {a} -d grant_type=client_credentials -d scope=accounts \\
           {issuer_url}/token | {_JQ})
@@ -58,10 +64,17 @@ Try (from the repository root):
   # the same token presented with client B's certificate: 401 invalid_token
   curl -s -i {b} -H "Authorization: Bearer $TOKEN" https://localhost:{port}/accounts/42
   # DPoP (curl cannot sign proofs): the calls below, again
-  .venv/bin/{client}
+  {client}
 Ports: GATEWAY_PORT, GATEWAY_ADMIN_PORT, DEMO_ECHO_PORT, DEMO_ISSUER_PORT move them.
 SIGHUP (kill -HUP {os.getpid()}) reloads the config file, as `gateway run` does. Stop with Ctrl-C.
 """
+
+
+def _say(text: str) -> None:
+    # One write per line: the access log's writer thread shares stdout, and print()'s separate
+    # write of the newline would let one of its lines land in the middle of ours.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 async def _main(cfg: GatewayConfig, config_path: str | None, client: bool) -> None:
@@ -93,14 +106,14 @@ async def _main(cfg: GatewayConfig, config_path: str | None, client: bool) -> No
     loop.add_signal_handler(signal.SIGHUP, lambda: server._spawn(reload()))
     try:
         await server.start()
-        print(_banner(server, echo_port, issuer_url), flush=True)
+        _say(_banner(server, echo_port, issuer_url, certs_dir(cfg)))
         if client:
             origin = cfg.listen.external_origin or f"https://localhost:{server.port}"
             try:
-                await run_client(origin, issuer_url, certs_dir(cfg), out=lambda line: print(line, flush=True))
+                await run_client(origin, issuer_url, certs_dir(cfg), out=_say)
             except Exception as exc:  # the demo keeps serving; the banner's calls still work
                 log.error("demo client failed: %s: %s", type(exc).__name__, exc)
-            print("", flush=True)
+            _say("")
         await stop.wait()
     finally:
         await server.stop()

@@ -26,7 +26,13 @@ def add_parser(sub: Any, common: Any = None) -> None:
         description="Runs a captured request through the gateway's own decision for --config and prints every "
                     "step with pass/fail and the reason, and the exact answer (status, WWW-Authenticate). "
                     "Never contacts an upstream; offline unless --online. Exit: 0 allowed, 1 refused, "
-                    "3 undetermined offline, 4 would be refused (report-only route).")
+                    "3 undetermined offline, 4 would be refused (report-only route).",
+        # issue #21: every subcommand's --help ends with examples
+        epilog="""examples:
+  gateway explain -c gateway.yaml request.txt            # a raw HTTP request saved from a log
+  gateway explain -c gateway.yaml --cert client.pem curl.txt --at 2026-03-01T10:15:00Z
+  gateway explain -c gateway.yaml --online --json session.har""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", required=True, help="gateway YAML file")
     p.add_argument("request", help="file with a raw HTTP request, a curl command line or a HAR file ('-': stdin)")
     p.add_argument("--cert", help="the client certificate the request was sent with (PEM file)")

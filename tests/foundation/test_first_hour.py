@@ -121,6 +121,7 @@ def test_access_log_names_the_token_of_a_binding_mismatch(demo: Demo) -> None:
     # The stolen-token signal: whose token it was, although the request was refused.
     assert mismatch["status"] == 401 and mismatch["client_id"] == "demo-client"
     # A replayed proof is refused after the token was verified: named too.
+    demo.wait_for('"reason":"dpop_replay"')
     replays = [r for r in demo.access_lines() if r["reason"] == "dpop_replay"]
     assert replays and replays[0]["client_id"] == "demo-client"
     # A token that does not verify names nobody (its claims are not to be believed).
@@ -273,7 +274,7 @@ def test_run_honours_log_level_after_the_subcommand() -> None:
     assert seen["log_level"] == "DEBUG"
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "demo-client", "check-config", "dev-certs"])
+@pytest.mark.parametrize("command", ["run", "demo", "demo-client", "check-config", "dev-certs", "explain"])
 def test_subcommand_help_has_examples(command: str) -> None:
     out = _cli(command, "--help")
     assert out.returncode == 0 and "examples:" in out.stdout and f"gateway {command}" in out.stdout
@@ -413,3 +414,46 @@ def test_server_header_policy() -> None:
     assert HeaderPolicy(relay_upstream_server=True).client_response_headers(upstream)["Server"] == "nginx/1.25.3"
     with pytest.raises(ConfigError, match=r"proxy\.server_header"):
         parse_config("proxy: {server_header: \"a\\nb\"}\nroutes: []\n")
+
+
+def test_access_log_sub_and_jti_are_opt_in_fields() -> None:
+    import io
+
+    from gateway.config.observability import DEFAULT_ACCESS_LOG_FIELDS, AccessLogConfig
+    from gateway.model import VerifiedToken
+    from gateway.observability.accesslog import AccessLog
+    from gateway.observability.metrics import Metrics
+    from gateway.observability.observer import Observer
+
+    assert "sub" not in DEFAULT_ACCESS_LOG_FIELDS and "jti" not in DEFAULT_ACCESS_LOG_FIELDS
+    out = io.StringIO()
+    log = AccessLog(AccessLogConfig(fields=("reason", "client_id", "jti", "sub")), stream=out)
+    token = VerifiedToken(issuer="https://as", subject="user-7", client_id="tpp-1", audience=("a",),
+                          scopes=frozenset(), expires_at=0.0, jti="j-1", cnf_jkt=None, cnf_x5t_s256="x",
+                          source="jwt")
+
+    class Req:
+        method, path, query_string, remote = "GET", "/accounts", "", "127.0.0.1"
+
+    Observer(Metrics(), log).finished(Req(), started=time.perf_counter(), route_id=None, status=401,
+                                      reason="binding_mismatch", decision=None, interaction_id="i",
+                                      refused_token=token)
+    log.close()
+    assert json.loads(out.getvalue()) == {"reason": "binding_mismatch", "client_id": "tpp-1", "jti": "j-1",
+                                          "sub": "user-7"}
+
+
+def test_demo_from_another_directory_finds_its_config(tmp_path: Path) -> None:
+    gw, admin, echo, issuer = _free_ports(4)
+    env = _env(GATEWAY_PORT=str(gw), GATEWAY_ADMIN_PORT=str(admin), DEMO_ECHO_PORT=str(echo),
+               DEMO_ISSUER_PORT=str(issuer))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--no-client"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    d = Demo(proc, {})
+    try:
+        text = d.wait_for("Stop with Ctrl-C")
+        # The banner's paths work from where it was started: absolute, as nothing is below tmp_path.
+        assert f"--cacert {DEV}/ca.pem" in text and f"--certs {DEV}" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, d.text()
