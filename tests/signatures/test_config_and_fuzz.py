@@ -105,3 +105,20 @@ async def test_fuzzed_signature_fields_are_clean_refusals(keys: Keys) -> None:
         "POST", "https://api.bank.example/payments", CIMultiDictProxy(CIMultiDict(base)), "tpp-1", required=True)
     assert result is not None and result.keyid == keys.es.kid
     assert time.time() > 0
+
+
+def test_example_file_loads(keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pki: Any) -> None:
+    from gateway.config import load_config
+
+    example = Path(__file__).resolve().parents[2] / "config" / "examples" / "fapi-payments-signatures.yaml"
+    env = {"GATEWAY_TLS_CERT": pki.server_cert, "GATEWAY_TLS_KEY": pki.server_key, "CLIENT_CA": pki.ca_pem,
+           "PUBLIC_ORIGIN": "https://api.bank.example", "AS_ISSUER": "https://as.bank.example",
+           "AS_JWKS_URI": "https://as.bank.example/jwks", "UPSTREAM_URL": "http://payments:8080",
+           "TPP1_JWKS_URI": "https://tpp-1.example/jwks.json", "GATEWAY_SIGNING_KEY": keys.gw_key,
+           "REDIS_URL": "redis://redis:6379/0"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    cfg = load_config(example)
+    route = cfg.routes[0]
+    assert (route.http_signatures.request, route.http_signatures.response) == ("required", "on")
+    assert cfg.http_signatures.active_key == "gw-sig-2026-12" and cfg.clients[0].client_id == "tpp-1"
