@@ -122,3 +122,33 @@ def test_example_file_loads(keys: Keys, tmp_path: Path, monkeypatch: pytest.Monk
     route = cfg.routes[0]
     assert (route.http_signatures.request, route.http_signatures.response) == ("required", "on")
     assert cfg.http_signatures.active_key == "gw-sig-2026-12" and cfg.clients[0].client_id == "tpp-1"
+
+
+async def test_decision_front_denies_a_signed_route_even_when_the_request_is_valid(
+    as_key: AsKey, keys: Keys, pki: Any
+) -> None:
+    """ext_authz / auth_request / forwardAuth see neither the body nor the response: a correctly
+    signed request to a signed route is denied (403 signatures_need_proxy), never allowed."""
+    from gateway.app import build_state
+    from gateway.decision.core import OriginalRequest, check
+    from tests.conftest import gateway_yaml
+
+    from .test_e2e import BODY, request_headers
+
+    body = config_body(as_key, "http://127.0.0.1:9", keys.jwks1, keys.jwks2, keys.gw_key)
+    text = gateway_yaml(pki, body + "decision: {enabled: true, grpc: {host: 127.0.0.1, port: 0},\n           http: {host: 127.0.0.1, port: 0}}\n")
+    state = build_state(parse_config(text, source="t"))
+    await state.start()
+    try:
+        for mode in ("ext_authz_grpc", "ext_authz_http", "auth_request", "forward_auth"):
+            headers = request_headers(keys, as_key, body=BODY)  # a fresh DPoP proof each time
+            original = OriginalRequest.build(
+                mode,  # type: ignore[arg-type]
+                method="POST", scheme="https", authority="api.bank.example", raw_path="/payments",
+                headers=list(headers.items()), remote="127.0.0.1",
+            )
+            verdict = await check(state, original)
+            assert not verdict.allowed and verdict.status == 403, mode
+            assert verdict.reason == "signatures_need_proxy", mode
+    finally:
+        await state.close()
