@@ -136,7 +136,9 @@ async def test_decision_front_denies_a_signed_route_even_when_the_request_is_val
     from .test_e2e import BODY, request_headers
 
     body = config_body(as_key, "http://127.0.0.1:9", keys.jwks1, keys.jwks2, keys.gw_key)
-    text = gateway_yaml(pki, body + "decision: {enabled: true, grpc: {host: 127.0.0.1, port: 0},\n           http: {host: 127.0.0.1, port: 0}}\n")
+    fronts = ("decision: {enabled: true, grpc: {host: 127.0.0.1, port: 0},\n"
+              "           http: {host: 127.0.0.1, port: 0}}\n")
+    text = gateway_yaml(pki, body + fronts)
     state = build_state(parse_config(text, source="t"))
     await state.start()
     try:
