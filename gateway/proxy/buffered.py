@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .forward import BodyDeadlines, _chunks, _limited, _too_large
+from .forward import _BUFFER_LIMIT, BodyDeadlines, _chunks, _limited, _read_small, _too_large
 
 __all__ = ("read_body",)
 
@@ -30,5 +30,8 @@ async def read_body(request: web.BaseRequest, limit: int, *, deadlines: BodyDead
         raise _too_large()  # refused before a byte is read
     if not request.body_exists:
         return b""
-    parts = [chunk async for chunk in _limited(_chunks(request, deadlines or BodyDeadlines()), limit)]
+    limits = deadlines or BodyDeadlines()
+    if length is not None and length <= _BUFFER_LIMIT:
+        return await _read_small(request, length, limits)  # one read, one deadline: the usual API body
+    parts = [chunk async for chunk in _limited(_chunks(request, limits), limit)]
     return b"".join(parts)

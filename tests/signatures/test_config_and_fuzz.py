@@ -105,3 +105,52 @@ async def test_fuzzed_signature_fields_are_clean_refusals(keys: Keys) -> None:
         "POST", "https://api.bank.example/payments", CIMultiDictProxy(CIMultiDict(base)), "tpp-1", required=True)
     assert result is not None and result.keyid == keys.es.kid
     assert time.time() > 0
+
+
+def test_example_file_loads(keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pki: Any) -> None:
+    from gateway.config import load_config
+
+    example = Path(__file__).resolve().parents[2] / "config" / "examples" / "fapi-payments-signatures.yaml"
+    env = {"GATEWAY_TLS_CERT": pki.server_cert, "GATEWAY_TLS_KEY": pki.server_key, "CLIENT_CA": pki.ca_pem,
+           "PUBLIC_ORIGIN": "https://api.bank.example", "AS_ISSUER": "https://as.bank.example",
+           "AS_JWKS_URI": "https://as.bank.example/jwks", "UPSTREAM_URL": "http://payments:8080",
+           "TPP1_JWKS_URI": "https://tpp-1.example/jwks.json", "GATEWAY_SIGNING_KEY": keys.gw_key,
+           "REDIS_URL": "redis://redis:6379/0"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    cfg = load_config(example)
+    route = cfg.routes[0]
+    assert (route.http_signatures.request, route.http_signatures.response) == ("required", "on")
+    assert cfg.http_signatures.active_key == "gw-sig-2026-12" and cfg.clients[0].client_id == "tpp-1"
+
+
+async def test_decision_front_denies_a_signed_route_even_when_the_request_is_valid(
+    as_key: AsKey, keys: Keys, pki: Any
+) -> None:
+    """ext_authz / auth_request / forwardAuth see neither the body nor the response: a correctly
+    signed request to a signed route is denied (403 signatures_need_proxy), never allowed."""
+    from gateway.app import build_state
+    from gateway.decision.core import OriginalRequest, check
+    from tests.conftest import gateway_yaml
+
+    from .test_e2e import BODY, request_headers
+
+    body = config_body(as_key, "http://127.0.0.1:9", keys.jwks1, keys.jwks2, keys.gw_key)
+    fronts = ("decision: {enabled: true, grpc: {host: 127.0.0.1, port: 0},\n"
+              "           http: {host: 127.0.0.1, port: 0}}\n")
+    text = gateway_yaml(pki, body + fronts)
+    state = build_state(parse_config(text, source="t"))
+    await state.start()
+    try:
+        for mode in ("ext_authz_grpc", "ext_authz_http", "auth_request", "forward_auth"):
+            headers = request_headers(keys, as_key, body=BODY)  # a fresh DPoP proof each time
+            original = OriginalRequest.build(
+                mode,  # type: ignore[arg-type]
+                method="POST", scheme="https", authority="api.bank.example", raw_path="/payments",
+                headers=list(headers.items()), remote="127.0.0.1",
+            )
+            verdict = await check(state, original)
+            assert not verdict.allowed and verdict.status == 403, mode
+            assert verdict.reason == "signatures_need_proxy", mode
+    finally:
+        await state.close()
