@@ -178,6 +178,15 @@ def signatures_section() -> str:
         return "Not run: `.venv/bin/python -m benchmarks.signatures`."
     table = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
     return "\n".join([*table, "", "Details: `benchmarks/RESULTS-signatures.md`, `benchmarks/signatures-notes.md`."])
+YARDSTICK_HEADING = "## Issue 20 yardstick: floor, Apache + mod_oauth2, Envoy jwt_authn (same interleaved rounds)"
+
+
+def yardstick_section() -> str:
+    """benchmarks/RESULTS-yardstick.md, written by ``python -m benchmarks.yardstick`` (a run of its own)."""
+    path = BENCH / "RESULTS-yardstick.md"
+    if path.exists():
+        return path.read_text().split("\n", 1)[1].strip()  # without its own title line
+    return "Not run: `bash benchmarks/run.sh yardstick` (needs apache2 + libapache2-mod-oauth2 and Envoy)."
 
 
 def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: argparse.Namespace | Any,
@@ -335,6 +344,7 @@ def render(cands: Sequence[Candidate] | Sequence[Any], rows: list[Row], args: ar
         lines.append("Not run in this invocation: `.venv/bin/python -m benchmarks.micro` (see that module).")
     lines += ["", DECISION_HEADING, "", decision_section()]
     lines += ["", SIGNATURES_HEADING, "", signatures_section()]
+    lines += ["", YARDSTICK_HEADING, "", yardstick_section()]
     lines += ["", "## Profile", ""]
     notes = BENCH / "profile-notes.md"
     if notes.exists():

@@ -21,7 +21,7 @@ need_apt() {  # need_apt COMMAND PACKAGE
   fi
 }
 need_apt nginx nginx-light
-need_apt apache2 apache2
+need_apt apache2 apache2 || echo "run.sh: no apache2, the apache-oauth2 candidate will not run" >&2
 # The C peer (issue 20): mod_oauth2 has no command of its own; the package leaves the system
 # service stopped or not, the benchmark starts its own apache2 with its own config either way.
 [ -f /usr/lib/apache2/modules/mod_oauth2.so ] || need_apt mod_oauth2_so_missing libapache2-mod-oauth2 \

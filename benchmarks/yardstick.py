@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from . import peers
+from .report import YARDSTICK_HEADING
 from .run import OUT, SCENARIOS, build_loadgen, launch_all, make_candidates, run_phase
 from .servers import BENCH, ROOT, Candidate, probe, stop_all
 
 CANDIDATES = ("aiohttp-minimal", "floor", "apache-oauth2", "envoy-jwt", "gw-off", "gw-mtls", "gw-dpop")
 RESULT_MD = BENCH / "RESULTS-yardstick.md"
-HEADING = "## Issue 20 yardstick: floor, Apache + mod_oauth2, Envoy jwt_authn (same interleaved rounds)"
+HEADING = YARDSTICK_HEADING
 CPU = "server_cpu_us_per_req"
 
 # (label, numerator, denominator, metric, scenarios, goal text, predicate)
@@ -136,9 +137,11 @@ def render(rows: list[dict[str, Any]], cands: list[Candidate], args: argparse.Na
         f"generator): median {statistics.median(other) if other else 0:.2f}, max {max(other) if other else 0:.2f} "
         f"of {os.cpu_count()}.",
         "",
-        "### Candidates",
-        "",
     ]
+    notes = BENCH / "yardstick-notes.md"
+    if notes.exists():  # hand-written: where the time goes, what was tried, memory
+        lines += [notes.read_text().strip(), ""]
+    lines += ["### Candidates", ""]
     for c in cands:
         lines.append(f"- `{c.key}`: {c.title}" + (f" — **not run: {c.not_run}**" if c.not_run else ""))
     lines += ["", "### Targets (ratios of same-run medians)", "",
@@ -174,9 +177,6 @@ def render(rows: list[dict[str, Any]], cands: list[Candidate], args: argparse.Na
               "Envoy `jwt_authn` checks the access token only (signature against the local JWKS, `iss`, `aud`, "
               "`exp`/`nbf`): no DPoP proof, no `cnf` binding, no replay cache. The floor checks one proof "
               "signature and (once per token) the token signature, nothing else.", ""]
-    notes = BENCH / "yardstick-notes.md"
-    if notes.exists():  # hand-written: where the time goes, what was tried, memory
-        lines += [notes.read_text().strip(), ""]
     for key, text in profiles.items():
         lines += [f"### perf profile: {key} (c64-hot)", "", text, ""]
     return "\n".join(lines).rstrip() + "\n"
