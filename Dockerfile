@@ -19,6 +19,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY requirements.txt requirements-sbom.txt pyproject.toml README.md ./
+COPY .ci/shadowed ./.ci/shadowed
 COPY gateway ./gateway
 # Every dependency, transitive ones included, must match a hash in requirements.txt (refreshed by
 # .ci/lock); the project itself is built with the locked setuptools and installed without deps.
@@ -26,6 +27,7 @@ COPY gateway ./gateway
 # Byte-code is compiled at install time (the root filesystem is read-only at run time).
 RUN python -m venv /opt/gateway \
  && /opt/gateway/bin/pip install --require-hashes -r requirements.txt \
+ && sh .ci/shadowed /opt/gateway/bin/python requirements.txt \
  && /opt/gateway/bin/pip install --no-deps --no-build-isolation . \
  && /opt/gateway/bin/pip uninstall --yes setuptools
 # CycloneDX SBOM of exactly what the image runs (that venv, read after install), by a tool from

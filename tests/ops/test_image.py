@@ -168,6 +168,8 @@ def test_entrypoint_runs_from_a_fresh_install(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-sbom.txt"):
         (src / name).write_bytes((REPO / name).read_bytes())
     subprocess.run(["cp", "-r", str(REPO / "gateway"), str(src / "gateway")], check=True)
+    (src / ".ci").mkdir()
+    (src / ".ci" / "shadowed").write_bytes((REPO / ".ci" / "shadowed").read_bytes())
     # Without PYTHONPATH: a test run that sets it (a worktree) would import that tree's gateway
     # instead of the fresh install under test.
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -192,6 +194,13 @@ def test_entrypoint_runs_from_a_fresh_install(tmp_path: Path) -> None:
     where = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import gateway; print(gateway.__file__)"],
                            cwd=tmp_path, env=clean, capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(env_dir)), where.stdout
+    # Both wheels that ship opentelemetry/proto (xds-protos, opentelemetry-proto) are installed:
+    # the OTLP exporter and the ext_authz protos must both import (.ci/shadowed).
+    both = subprocess.run([str(env_dir / "bin" / "python"), "-c",
+                           "import opentelemetry.exporter.otlp.proto.http.trace_exporter, "
+                           "envoy.service.auth.v3.external_auth_pb2"],
+                          cwd=tmp_path, env=clean, capture_output=True, text=True)
+    assert both.returncode == 0, both.stderr[-2000:]
 
     help_ = subprocess.run([str(gw), "--help"], env=clean, capture_output=True, text=True, timeout=60)
     assert help_.returncode == 0 and "check-config" in help_.stdout
