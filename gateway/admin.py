@@ -7,6 +7,7 @@ And the revocation API (issue #13; runbook in the README), on this listener only
     POST /admin/revocation/deny   {"issuer": N, "kid": K}            every token signed with key K
     POST /admin/revocation/deny   {"issuer": N, "jti": J, "ttl_s": T} one token (T default: config)
     POST /admin/revocation/allow  {"issuer": N, "kid"|"jti": ...}     withdraw a runtime denial
+    GET  /admin/ratelimit/usage?limit=ID&client_id=...                usage of one key (issue #18)
 
 Every call needs ``Authorization: Bearer <admin.token>`` (compared in constant time); without
 ``admin.token`` configured the API is disabled (403). Each call is audit-logged (logger
@@ -30,6 +31,7 @@ from .errors import InvalidTokenError, MissingCredentialsError
 from .strictjson import STRICT_JSON
 
 if TYPE_CHECKING:
+    from .ratelimit import RateLimiter
     from .revocation import Kind, Revocation
 
 __all__ = ("Readiness", "build_admin_app")
@@ -203,12 +205,52 @@ def _revocation_routes(
     app.router.add_post("/admin/revocation/allow", allow_handler)
 
 
+def _rate_limit_routes(
+    app: web.Application, token: SecretStr | None, limiter: Callable[[], RateLimiter | None]
+) -> None:
+    """``GET /admin/ratelimit/usage?limit=<id>&<key part>=<value>...``: how much of a limit a key
+    has left, read without consuming (support: "why is TPP X throttled?"). Key parts by name, e.g.
+    ``client_id=tpp-1``; ``claim:<name>`` / ``header:<name>`` parts as written in the config.
+    Needs the admin token: usage tells who calls how much."""
+    from .ratelimit.store import LimitStoreUnavailableError
+
+    secret = token.get_secret_value().encode() if token is not None else None
+
+    async def usage(request: web.Request) -> web.Response:
+        if secret is None:
+            return _error(403, "admin_api_disabled", "the admin API is disabled: set admin.token to enable it")
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), secret)):
+            return _error(401, "unauthorized", "admin token missing or not accepted",
+                          {"WWW-Authenticate": render_challenges(MissingCredentialsError(), _ADMIN_CHALLENGE)})
+        current = limiter()
+        if current is None:
+            return _error(404, "no_rate_limits", "the running configuration has no rate_limits")
+        query = request.rel_url.query
+        limit_id = query.get("limit", "")
+        parts = {k: v[:256] for k, v in query.items() if k != "limit"}
+        try:
+            doc = await current.usage(limit_id, parts)
+        except KeyError:
+            return _error(404, "unknown_limit", "no limit of that id in the running configuration")
+        except ValueError as exc:
+            return _error(400, "invalid_request", str(exc))
+        except LimitStoreUnavailableError:
+            return _error(503, "store_unavailable", "the rate-limit store did not answer; retry")
+        audit.info(json.dumps({"event": "admin", "action": "ratelimit_usage", "result": "ok",
+                               "peer": request.remote, "limit": limit_id}, sort_keys=True))
+        return _json(200, doc)
+
+    app.router.add_get("/admin/ratelimit/usage", usage)
+
+
 def build_admin_app(
     readiness: Readiness,
     render_metrics: Callable[[], bytes],
     *,
     token: SecretStr | None = None,
     revocation: Callable[[], Revocation | None] | None = None,
+    rate_limits: Callable[[], RateLimiter | None] | None = None,
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -227,4 +269,6 @@ def build_admin_app(
     app.router.add_get("/metrics", metrics)
     if revocation is not None:
         _revocation_routes(app, token, revocation)
+    if rate_limits is not None:
+        _rate_limit_routes(app, token, rate_limits)
     return app

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -31,23 +31,31 @@ from .errors import (
     DependencyError,
     ExpectationFailedError,
     GatewayError,
+    HttpSignatureError,
     MethodNotAllowedError,
     OAuthError,
+    RateLimitedError,
     Scheme,
 )
-from .model import AuthRequest, BodyReader, Decision, PeerCertificate
+from .model import AuthRequest, BodyReader, Decision, PeerCertificate, VerifiedToken
 from .observability.metrics import Metrics
 from .observability.observer import CLIENT_CLOSED, Observer
+from .observability.stages import time_replay_store
 from .origin import HostPolicy, PublicRequest
 from .pipeline import AuthPipeline
 from .proxy import HeaderPolicy, interaction_id
 from .proxy.cors import CorsPolicy
 from .proxy.forward import BodyDeadlines, Forwarder, UpstreamClient
 from .proxy.headers import DEFAULT_IDENTITY_HEADERS, default_pseudonym
+from .report import debug_reason
 from .revocation import Revocation, build_denylist
 from .routing import Route, Router
+from .signatures import SignatureStage, signature_header_names
 from .tls.clientcerts import ClientCertificates
 from .tls.names import server_names
+
+if TYPE_CHECKING:
+    from .bind.replay import ReplayStore
 
 __all__ = (
     "Authorized",
@@ -55,6 +63,7 @@ __all__ = (
     "GatewayState",
     "Progress",
     "RequestView",
+    "StageOverrides",
     "StateHolder",
     "authorize",
     "build_handler",
@@ -73,13 +82,31 @@ class Lifecycle(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StageOverrides:
+    """What ``gateway explain`` (issue #19) substitutes so the same stages decide offline and at
+    a chosen time: the clock every stage reads, a replay store of its own (an explained proof is
+    never consumed in the shared one), and no runtime revocation sync (Redis)."""
+
+    clock: Callable[[], float] | None = None
+    replay: ReplayStore | None = None
+    revocation_sync: bool = True
+    # Rate limits and source budgets (issue #18): explain neither reads nor spends anyone's quota.
+    rate_limits: bool = True
+    # (stage name, stage) -> a stage of the same protocol that delegates to it and records.
+    tap: Callable[[str, Any], Any] | None = None
+
+
 def build_pipeline(
-    cfg: GatewayConfig, metrics: Metrics, previous: GatewayState | None = None
+    cfg: GatewayConfig, metrics: Metrics, previous: GatewayState | None = None,
+    overrides: StageOverrides | None = None,
 ) -> tuple[AuthPipeline, list[Lifecycle], frozenset[str]]:
     """The auth stages for ``cfg``, their start/close hooks, and the header names they inject.
 
     ``metrics`` outlives reloads; stages count their own events on it (JWKS fetches, ...).
     """
+    ov = overrides or StageOverrides()
+    clock = ov.clock or time.time
     lifecycles: list[Lifecycle] = []
     injected: frozenset[str] = frozenset()
     from .bind import Binder  # step 4: DPoP proofs + replay store + cnf.x5t#S256 (issue 5)
@@ -89,23 +116,41 @@ def build_pipeline(
     keep = previous is not None and previous.cfg.dpop.replay == cfg.dpop.replay and isinstance(
         previous.replay_store, MemoryReplayStore
     )
-    binder = Binder(cfg.dpop, replay=previous.replay_store if keep and previous is not None else None)
+    replay = ov.replay if ov.replay is not None else (previous.replay_store if keep and previous is not None else None)
+    binder = Binder(cfg.dpop, replay=replay, clock=clock)
     lifecycles.append(binder)  # opens/closes the replay store's Redis pool
     from .credentials import extract_credentials  # steps 2, 3, 5 (issue 3)
     from .policy import check_policy, identity_header_names
     from .verify import AccessTokenVerifier
 
-    tokens = AccessTokenVerifier(cfg.issuers, events=metrics, denylist=build_denylist(cfg, previous))
+    tokens = AccessTokenVerifier(cfg.issuers, events=metrics, denylist=build_denylist(cfg, previous, clock=clock),
+                                 clock=clock)
     lifecycles.append(tokens)  # loads metadata + JWKS before serving; closes HTTP sessions
-    lifecycles.append(Revocation(cfg, tokens))  # the admin kill switch (issue #13); Redis sync
+    if ov.revocation_sync:
+        lifecycles.append(Revocation(cfg, tokens))  # the admin kill switch (issue #13); Redis sync
     injected = identity_header_names(route.auth for route in cfg.routes)
     from .verify.admission import request_source
 
     # Who an introspection call counts against (verify/admission.py); behind a trusted front
     # proxy, the client it forwarded for.
     proxies = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.listen.trusted_proxies)
+    from .ratelimit import build_rate_limiter  # issue #18: limits and abuse budgets, around the decision
+
+    limits = build_rate_limiter(cfg, metrics.rate_limit_decision, previous.pipeline.limits if previous else None,
+                                proxies) if ov.rate_limits else None
+    if limits is not None:
+        lifecycles.append(limits)
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
-                            source=partial(request_source, trusted_proxies=proxies))
+                            source=partial(request_source, trusted_proxies=proxies), limits=limits)
+    if ov.tap is not None:  # explain: the same stage objects, each result and refusal recorded
+        pipeline = AuthPipeline(extract=ov.tap("credentials", extract_credentials), tokens=ov.tap("token", tokens),
+                                binder=ov.tap("binding", binder), policy=ov.tap("policy", check_policy),
+                                source=partial(request_source, trusted_proxies=proxies), limits=limits)
+    from .report import WOULD_REFUSE_HEADER, report_only  # issue #19: report-only routes
+
+    pipeline, reporting = report_only(cfg, pipeline, metrics.would_refuse)
+    metrics.report_only_routes(len(reporting))
+    injected |= {WOULD_REFUSE_HEADER.lower()}  # a client-sent copy never reaches the upstream
     return pipeline, lifecycles, injected
 
 
@@ -142,15 +187,20 @@ class GatewayState:
         metrics: Metrics,
         client_certs: ClientCertificates | None = None,
         previous: GatewayState | None = None,
+        overrides: StageOverrides | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         # Requests running on this state; a reload closes the old state once this reaches 0.
         self.in_flight = 0
         self.router = Router(cfg)
-        self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics, previous)
+        self.pipeline, self._lifecycles, injected = build_pipeline(cfg, metrics, previous, overrides)
         self.replay_store = next((lc.replay for lc in self._lifecycles if hasattr(lc, "replay")), None)
         self.revocation = next((lc for lc in self._lifecycles if isinstance(lc, Revocation)), None)
+        # FAPI 2.0 HTTP message signatures (gateway.signatures): None when nothing is configured.
+        self.signatures = SignatureStage.build(cfg, self.replay_store)
+        if self.signatures is not None:
+            self._lifecycles.append(self.signatures)
         # Step 1: the client certificate (handshake or trusted front proxy) + the hot-reloaded TLS
         # context. A running server owns one for its listener and lends it to every state it builds,
         # so a config reload never detaches the listener's context from its watcher.
@@ -159,6 +209,7 @@ class GatewayState:
             cfg, on_untrusted_header=lambda _header: metrics.front_proxy_cert_dropped()
         )
         strip = set(getattr(cfg.client_certs, "strip_headers", DEFAULT_IDENTITY_HEADERS)) | set(injected)
+        strip |= signature_header_names(cfg)
         dpop_algs = tuple(cfg.dpop.algorithms)
         pseudonym = default_pseudonym(cfg)  # our name in Via, and how a loop is recognised
         # One pool per named upstream; an inline URL is keyed by its full settings. Never by URL
@@ -232,9 +283,16 @@ def build_state(
     metrics: Metrics | None = None,
     client_certs: ClientCertificates | None = None,
     previous: GatewayState | None = None,
+    overrides: StageOverrides | None = None,
 ) -> GatewayState:
     """``previous``: the state being replaced by a reload, whose long-lived parts may carry over."""
-    return GatewayState(cfg, metrics or Metrics(), client_certs, previous)
+    state = GatewayState(cfg, metrics or Metrics(), client_certs, previous, overrides)
+    time_replay_store(state.replay_store, state.metrics.replay_store_duration)  # Redis only (issue #19)
+    if cfg.observability.tracing.enabled:  # OpenTelemetry (issue #19): not even imported when off
+        from .observability.tracing import instrument_state
+
+        instrument_state(state)
+    return state
 
 
 # --- the request handler ---------------------------------------------------------------------
@@ -257,10 +315,17 @@ def error_response(
             body["error"] = exc.error
     else:
         body["error"] = exc.reason
+    if isinstance(exc, HttpSignatureError):  # RFC 9421 §5.1: what to sign, and what failed
+        headers["Accept-Signature"] = exc.accept_signature
+        body["error"] = exc.reason
     if exc.description:
         body["error_description"] = exc.description[:200]
     if isinstance(exc, DependencyError) and exc.retry_after_s:
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, RateLimitedError):  # gateway.ratelimit: which limit, and when to retry
+        headers["Retry-After"] = str(exc.retry_after_s)
+        headers.extend(exc.fields)
+        body["limit"] = exc.limit_id
     resp = web.Response(
         status=exc.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
     )
@@ -300,7 +365,8 @@ class RequestView(Protocol):
 class Progress:
     """What is learnt on the way to a decision; the caller's ``finally`` reads it (metrics, log)."""
 
-    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "route_id", "rt", "t_auth")
+    __slots__ = ("auth_s", "challenge", "cors_origin", "decision", "limit", "refused_token", "route_id", "rt",
+                 "signature", "t_auth")
 
     def __init__(self) -> None:
         self.route_id: str | None = None
@@ -310,6 +376,10 @@ class Progress:
         self.t_auth: float | None = None
         self.auth_s: float | None = None
         self.decision: Decision | None = None
+        # The verified token of a request refused at binding or policy (the access log's client_id).
+        self.refused_token: VerifiedToken | None = None
+        self.limit: str | None = None  # the rate limit that refused the request (access log)
+        self.signature: tuple[str, str] | None = None  # verified (keyid, label), for the access log
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +459,11 @@ async def authorize(
         body=body,  # read only by a route whose authz rules inspect it (gateway.authz.body)
     )
     p.t_auth = time.perf_counter()
-    decision = p.decision = await state.pipeline.decide(auth_req, route.config)
+    try:
+        decision = p.decision = await state.pipeline.decide(auth_req, route.config)
+    except OAuthError as exc:
+        p.refused_token = exc.token
+        raise
     p.auth_s = time.perf_counter() - p.t_auth
     return Authorized(rt, public, target, auth_req, decision)
 
@@ -425,6 +499,12 @@ class GatewayHandler:
         state.metrics.in_flight.inc()
         try:
             check_method(request.method)
+            sigs = state.signatures
+            if sigs is not None and sigs.jwks_path is not None and request.method in ("GET", "HEAD") and (
+                request.raw_path.partition("?")[0] == sigs.jwks_path
+            ):
+                status, reason = 200, None
+                return sigs.jwks_response(fapi_id)  # the public keys of response signatures
             expect = request.headers.get("Expect")
             if expect is not None and expect.lower() != "100-continue":
                 raise ExpectationFailedError("unsupported Expect")
@@ -438,9 +518,18 @@ class GatewayHandler:
                 return ok
             rt, public, target, decision = ok.rt, ok.public, ok.target, ok.decision
             req_headers = request.headers
+            # HTTP message signature (headers only): refused before the client sends its body.
+            exchange = await sigs.begin(
+                rt.route.config, request.method,
+                ok.auth_req.url + ("" if target.query is None else f"?{target.query}"), req_headers,
+                decision.token.client_id if decision.token is not None else None,
+            ) if sigs is not None else None
+            if exchange is not None and exchange.signature is not None:
+                p.signature = (exchange.signature.keyid, exchange.signature.label)
             # Deferred until the request is authorised (PRX-16): no body is read before.
             if expect is not None and request.version >= (1, 1) and not buffered.continued:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                buffered.continued = True
             up_headers = rt.headers.upstream_request_headers(
                 req_headers,
                 client_ip=remote,
@@ -448,7 +537,9 @@ class GatewayHandler:
                 host=str(public.authority),
                 fapi_id=fapi_id,
                 inject=_with_cert_header(
-                    decision.upstream_headers, state.client_certs.upstream_header(ok.auth_req.peer_cert)
+                    decision.upstream_headers if exchange is None else (
+                        *decision.upstream_headers, *exchange.upstream_headers),
+                    state.client_certs.upstream_header(ok.auth_req.peer_cert)
                 ),
                 prior_forwarded_for=req_headers.get("X-Forwarded-For") if trusted else None,
             )
@@ -458,6 +549,11 @@ class GatewayHandler:
                 cors_headers = CIMultiDict[str]()
                 rt.cors.add_response_headers(cors_headers, p.cors_origin)
                 extra = (*extra, *cors_headers.items())
+            # A signed body is read whole and its digest checked before the upstream sees a byte.
+            # (read once: an authz body rule may have read it already, BufferedBody keeps it).
+            body = await exchange.body(
+                request, buffered, max_body_bytes=rt.route.config.max_body_bytes
+            ) if exchange is not None else None
             resp, up_status = await state.forwarder.forward(
                 request,
                 rt.upstream,
@@ -466,8 +562,11 @@ class GatewayHandler:
                 header_policy=rt.headers,
                 extra_response_headers=extra,
                 target=str(target),
-                body=buffered.data,
+                body=body if body is not None else buffered.data,
+                buffer_response=exchange.response_limit if exchange is not None else None,
             )
+            if exchange is not None:
+                exchange.sign(resp)  # the response signature, before anything is sent
             up_s = time.perf_counter() - t_up
             status, reason = resp.status, None
             return resp
@@ -492,13 +591,21 @@ class GatewayHandler:
             self.observer.finished(
                 request, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, upstream_status=up_status,
-                upstream_s=up_s,
+                upstream_s=up_s, refused_token=p.refused_token, limit=p.limit, signature=p.signature,
             )
 
 
 def refusal_response(exc: GatewayError, p: Progress, fapi_id: str) -> web.Response:
     """The refusal as the client gets it: ``error_response`` plus the route's CORS headers."""
+    if isinstance(exc, RateLimitedError):  # for the access log: which limit, and whom it throttled
+        p.limit = exc.limit_id
+        p.decision = exc.decision or p.decision
     resp = error_response(exc, p.challenge, fapi_id)
+    if p.rt is not None and p.rt.headers.server_header is not None:  # proxy.server_header
+        resp.headers["Server"] = p.rt.headers.server_header
+    debug = debug_reason(p.rt.route.config if p.rt is not None else None, exc)
+    if debug is not None:  # sandboxes only (issue #19): refused by check-config under fapi
+        resp.headers[debug[0]] = debug[1]
     if p.cors_origin is not None and p.rt is not None and p.rt.cors is not None:
         p.rt.cors.add_response_headers(resp.headers, p.cors_origin)
     return resp
@@ -513,4 +620,9 @@ def build_handler(
 ) -> GatewayHandler:
     """The public listener's handler for ``cfg`` (TLS is applied by the server that runs it)."""
     holder = StateHolder(state or build_state(cfg, metrics))
-    return GatewayHandler(holder, observer or Observer(holder.current.metrics))
+    handler = GatewayHandler(holder, observer or Observer(holder.current.metrics))
+    if cfg.observability.tracing.enabled:  # request spans (issue #19); a no-op until set up
+        from .observability.tracing import traced_handler
+
+        handler = traced_handler(handler)
+    return handler

@@ -35,14 +35,21 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     ├── LoopDetectedError                 508 (our own Via pseudonym came back, RFC 9110 §7.6)
     ├── ClientBodyError                   400 (the request body broke off or did not parse)
     ├── UntrustedCallerError              403 (a decision check from a peer not trusted to ask)
-    └── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
+    ├── RateLimitedError                  429 + Retry-After, RateLimit fields (names the limit)
+    ├── DecisionBodyNotAllowedError       413 (a decision check carrying a body), connection closed
+    ├── HttpSignatureError                401 + Accept-Signature (RFC 9421 §5.1), an OAuthError
+    ├── DigestMismatchError               400 (RFC 9530 Content-Digest missing or wrong)
+    └── SignedRouteNotDecidableError      403 (a signed route asked of a decision front)
 
 ``ConfigError`` is not a ``GatewayError``: it only happens at start-up or reload.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from .model import Decision, VerifiedToken
 
 Scheme = Literal["Bearer", "DPoP"]
 
@@ -54,9 +61,11 @@ __all__ = (
     "DecisionBodyNotAllowedError",
     "DecisionBusyError",
     "DependencyError",
+    "DigestMismatchError",
     "ExpectationFailedError",
     "GatewayError",
     "HeaderRefusedError",
+    "HttpSignatureError",
     "InsufficientAuthorizationDetailsError",
     "InsufficientScopeError",
     "IntrospectionBusyError",
@@ -71,11 +80,13 @@ __all__ = (
     "MissingCredentialsError",
     "OAuthError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "ReplayStoreUnavailableError",
     "RequestTimeoutError",
     "RevocationDataStaleError",
     "RouteNotFoundError",
     "Scheme",
+    "SignedRouteNotDecidableError",
     "TransferCodingNotImplementedError",
     "UntrustedCallerError",
     "UpstreamTimeoutError",
@@ -107,6 +118,10 @@ class OAuthError(GatewayError):
     """
 
     error: ClassVar[str | None] = None
+    # The verified token a binding or policy refusal is about (set by the pipeline): the access
+    # log names whose token it was (a binding mismatch is the stolen-token signal). Never shown
+    # to the client.
+    token: VerifiedToken | None = None
 
     def __init__(
         self, description: str = "", *, reason: str | None = None, scheme: Scheme | None = None
@@ -333,6 +348,61 @@ class DecisionBusyError(DependencyError):
 
     default_reason = "decision_busy"
     retry_after_s = 1
+
+
+class RateLimitedError(GatewayError):
+    """A limit of ``rate_limits:`` refused the request (RFC 6585 §4). ``limit_id`` names it (body,
+    access log, metrics); ``fields`` are its ``RateLimit-Policy`` / ``RateLimit`` header fields."""
+
+    status = 429
+    default_reason = "rate_limited"
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        limit_id: str,
+        retry_after_s: int,
+        fields: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
+        decision: Decision | None = None,
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.limit_id = limit_id
+        self.retry_after_s = max(1, retry_after_s)
+        self.fields = fields
+        # Who was throttled (verified: identity limits run after the decision), for the access log.
+        self.decision = decision
+class HttpSignatureError(OAuthError):
+    """The request's HTTP message signature (RFC 9421, FAPI 2.0 profile) is missing or does not
+    verify. A 401 carrying the route's bare challenge (no ``error``: the token was fine) and an
+    ``Accept-Signature`` field saying what to sign (RFC 9421 §5.1); ``reason`` says which check
+    failed (signature_missing, signature_invalid, signature_expired, unknown_key, ...)."""
+
+    status = 401
+    error = None
+    default_reason = "signature_invalid"
+
+    def __init__(self, description: str = "", *, accept_signature: str, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason)
+        self.accept_signature = accept_signature
+
+
+class DigestMismatchError(GatewayError):
+    """The request body does not match its signed ``Content-Digest`` (RFC 9530), or the digest is
+    missing or unusable. Refused before the upstream receives any of the body."""
+
+    status = 400
+    default_reason = "digest_mismatch"
+
+
+class SignedRouteNotDecidableError(GatewayError):
+    """A decision front (ext_authz, auth_request, forwardAuth) was asked about a route with HTTP
+    message signatures: it never sees the body (no Content-Digest check) and cannot sign the
+    response, so the answer is a denial, never an allow. Serve such routes through the proxy."""
+
+    status = 403
+    default_reason = "signatures_need_proxy"
 
 
 class ConfigError(Exception):

@@ -134,6 +134,8 @@ class Decision:
     upstream_headers: tuple[tuple[str, str], ...] = ()
     # Extra response headers for the client, e.g. a fresh DPoP-Nonce (RFC 9449 §8.2).
     response_headers: tuple[tuple[str, str], ...] = ()
+    # Report-only routes (gateway.report): the reason code of the refusal that was not enforced.
+    would_refuse: str | None = None
 
 
 ALLOW_ANONYMOUS = Decision(token=None, binding=Binding("none"))

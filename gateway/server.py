@@ -41,11 +41,13 @@ from aiohttp import web
 from .admin import Readiness, build_admin_app
 from .app import GatewayHandler, GatewayState, StateHolder, build_handler, build_state
 from .config import GatewayConfig, load_config
+from .config.diff import describe_changes
 from .config.dpop import check_process
 from .config.risks import log_risks
 from .errors import ConfigError
 from .listener import ConnectionGuard, GuardedServer, GuardedSite
 from .observability.accesslog import AccessLog
+from .observability.certs import certificate_files
 from .observability.health import RedisProbe, stage_ready
 from .observability.logsetup import configure_logging
 from .observability.metrics import Metrics
@@ -53,6 +55,7 @@ from .observability.multiprocess import ENV_DIR, SharedMetrics
 from .observability.observer import Observer
 from .observability.tls import count_handshake_failures
 from .parsers import require_c_parsers
+from .ports import binding
 from .tls.clientcerts import ClientCertificates
 from .wire import AdminRunner
 
@@ -93,6 +96,7 @@ _RESTART_ONLY = (
     "lifecycle.workers", "lifecycle.reload",
     "decision.enabled", "decision.grpc", "decision.http", "decision.tls",
     "observability.metrics",
+    "observability.tracing",  # the tracer provider and exporter are set up once per process
 )
 
 
@@ -150,6 +154,7 @@ class GatewayServer:
         self._retiring: set[GatewayState] = set()
         self._reload_lock = asyncio.Lock()
         self._config_digest: bytes | None = None
+        self._tracing = False
 
     # -- start ------------------------------------------------------------------------------
 
@@ -158,8 +163,19 @@ class GatewayServer:
         cfg = self.cfg
         if self.access_log is None:
             self.access_log = AccessLog(cfg.observability.access_log)
+        self.access_log.on_drop = self.metrics.access_log_lost  # gateway_access_log_dropped_lines_total
+        # Expiry of the listener's certificate and every CA bundle of the running config (issue #19).
+        self.metrics.watch_certificates(lambda: certificate_files(self.cfg))
+        self.metrics.watch_state(lambda: self.handler.holder.current if self.handler is not None else None)
         if self.config_path is not None:
             self._config_digest = self._digest()
+        if cfg.observability.tracing.enabled:  # before any stage opens an HTTP client (issue #19)
+            try:
+                from .observability.tracing import setup_tracing
+            except ImportError as exc:  # the optional extra is not installed: say which
+                raise ConfigError([f"observability.tracing.enabled: needs the otel extra "
+                                   f"(pip install 'fapi-gateway[otel]'): {exc}"]) from None
+            self._tracing = setup_tracing(cfg.observability.tracing) is not None
         # The listener's client-certificate stage outlives config reloads: every state borrows it.
         metrics = self.metrics
         self.client_certs = ClientCertificates(cfg, on_untrusted_header=metrics.front_proxy_cert_dropped)
@@ -187,7 +203,8 @@ class GatewayServer:
             self._runner, cfg.listen.host, cfg.listen.port, ssl_context=self.ssl_context,
             reuse_port=self.reuse_port or None, backlog=1024, handshake_timeout_s=limits.handshake_timeout_s,
         )
-        await site.start()
+        with binding("listen.port", cfg.listen.host, cfg.listen.port):
+            await site.start()
         self.port = _bound_port(site)
 
         self._install_readiness_checks()
@@ -202,14 +219,16 @@ class GatewayServer:
             def render() -> bytes:
                 return b"# metrics disabled (observability.metrics.enabled: false)\n"
         admin = build_admin_app(self.readiness, render, token=cfg.admin.token,
-                                revocation=lambda: self.holder.current.revocation)
+                                revocation=lambda: self.holder.current.revocation,
+                                rate_limits=lambda: self.holder.current.pipeline.limits)
         self._admin_runner = AdminRunner(admin, on_malformed=self.metrics.malformed_request, access_log=None,
                                          handle_signals=False, shutdown_timeout=1)
         await self._admin_runner.setup()
         admin_site = web.TCPSite(
             self._admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port or None
         )
-        await admin_site.start()
+        with binding("admin.port", cfg.admin.host, cfg.admin.port):
+            await admin_site.start()
         self.admin_port = _bound_port(admin_site)
         if cfg.dpop.replay.backend == "redis":
             self._redis = RedisProbe(cfg.dpop.replay.redis)
@@ -297,6 +316,7 @@ class GatewayServer:
                 self.metrics.config_reload(False)
                 return False
             fixed = _restart_only_changes(self.boot_cfg, new_cfg)
+            changes = describe_changes(self.cfg, new_cfg)  # for the log line: what this reload did
             holder = self.holder
             old, holder.current = holder.current, new_state
             self.cfg = new_cfg
@@ -309,14 +329,17 @@ class GatewayServer:
             if fixed:
                 # Not a success: part of the file is not in effect (and /metrics says so too).
                 log.warning("config reloaded from %s (%d routes) EXCEPT %s: still running with the old "
-                            "values until a restart", self.config_path, len(new_cfg.routes), ", ".join(fixed))
+                            "values until a restart; changed: %s", self.config_path, len(new_cfg.routes),
+                            ", ".join(fixed), changes)
             else:
-                log.info("config reloaded from %s (%d routes)", self.config_path, len(new_cfg.routes))
+                log.info("config reloaded from %s (%d routes); changed: %s", self.config_path,
+                         len(new_cfg.routes), changes)
             return True
 
     def _swap_access_log(self, cfg: GatewayConfig) -> None:
         assert self.handler is not None
         new_log = AccessLog(cfg.observability.access_log)
+        new_log.on_drop = self.metrics.access_log_lost
         old_log, self.access_log = self.access_log, new_log
         self.handler.observer.access_log = new_log
         if old_log is not None:
@@ -396,6 +419,11 @@ class GatewayServer:
             self._admin_runner = None
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
+        if self._tracing:  # flushes queued spans (bounded by the exporter's timeout)
+            from .observability.tracing import shutdown_tracing
+
+            self._tracing = False
+            await asyncio.to_thread(shutdown_tracing)
 
 
 # --- process entry points ---------------------------------------------------------------------

@@ -24,11 +24,14 @@ from .config.dpop import check_process
 from .errors import ConfigError
 from .observability.logsetup import configure_logging
 from .observability.multiprocess import ENV_DIR
+from .ports import PortInUseError
 from .server import GatewayServer, run_loop
 
 __all__ = ("supervise",)
 
 log = logging.getLogger("gateway")
+
+EXIT_PORT_IN_USE = 69  # EX_UNAVAILABLE, as `gateway run` with one worker
 
 
 def _worker_main(config_path: str, log_level: str, workers: int) -> None:
@@ -44,7 +47,11 @@ def _worker_main(config_path: str, log_level: str, workers: int) -> None:
     if problem:
         print(f"{config_path}: invalid configuration:\n  {problem}", file=sys.stderr)
         sys.exit(78)
-    run_loop(GatewayServer(cfg, reuse_port=True, config_path=config_path, workers=workers))
+    try:
+        run_loop(GatewayServer(cfg, reuse_port=True, config_path=config_path, workers=workers))
+    except PortInUseError as exc:  # one line, no traceback; the supervisor stops (see below)
+        print(f"gateway: {exc.describe(config_path)}", file=sys.stderr)
+        sys.exit(EXIT_PORT_IN_USE)
 
 
 def supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: float) -> int:
@@ -91,6 +98,10 @@ def _supervise(config_path: str, workers: int, log_level: str, stop_timeout_s: f
             code = p.exitcode
             now = time.monotonic()
             recent_deaths = [t for t in recent_deaths if now - t < 30] + [now]
+            if code == EXIT_PORT_IN_USE:  # another program holds the port: restarting cannot help
+                log.error("worker %s could not bind its port; giving up", p.pid)
+                _stop_workers(procs, stop_timeout_s)
+                return EXIT_PORT_IN_USE
             if code == 78 or len(recent_deaths) > 5 * workers:
                 log.error("worker %s exited with %s; giving up", p.pid, code)
                 _stop_workers(procs, stop_timeout_s)

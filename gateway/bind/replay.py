@@ -26,6 +26,7 @@ cluster's epoch follows every primary's (a failover of any shard gives a new epo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import time
@@ -38,9 +39,21 @@ from ..errors import ReplayStoreUnavailableError
 from .redis_client import PipelinedRedis, RedisUnavailableError, pack_command
 from .redis_py import redis_py_client
 
-__all__ = ("MemoryReplayStore", "RedisReplayStore", "ReplayStore", "replay_key")
+__all__ = ("REPLAY_RIDER", "MemoryReplayStore", "RedisReplayStore", "ReplayRider", "ReplayStore", "replay_key")
 
 log = logging.getLogger(__name__)
+
+
+class ReplayRider(Protocol):
+    """Work that rides on the replay check's round trip (``gateway.ratelimit``: the request's rate
+    limits, checked in the same Lua script as the ``SET NX``, only when it is a first use)."""
+
+    async def first_use(self, redis: PipelinedRedis, name: bytes, ttl_ms: int) -> bool: ...
+
+
+# Set by the pipeline around the binding step of one request, when its limits can ride along; read
+# only by ``RedisReplayStore.first_use`` on the pipelined (standalone) connection.
+REPLAY_RIDER: contextvars.ContextVar[ReplayRider | None] = contextvars.ContextVar("replay_rider", default=None)
 
 
 def replay_key(jkt: str, jti: str) -> bytes:
@@ -244,7 +257,10 @@ class RedisReplayStore:
         if pipelined is not None:
             # Atomic SET NX PX; the client bounds the wait (timeout_s per reply, connect_timeout_s
             # per connection attempt) and the number of commands waiting.
+            rider = REPLAY_RIDER.get()
             try:
+                if rider is not None:  # the SET NX and the request's rate limits in one script
+                    return await rider.first_use(pipelined, self._prefix + key.hex().encode(), ttl_s * 1000)
                 reply = await pipelined.execute(self._set_command(key, ttl_s))
             except RedisUnavailableError as exc:
                 raise ReplayStoreUnavailableError("replay store unavailable") from exc

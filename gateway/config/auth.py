@@ -15,6 +15,10 @@
       require_dpop_nonce: false                   # true: proofs must carry a DPoP server nonce
       introspect: always                          # also introspect JWTs (revocation within the
                                                   # introspection cache TTL); default: auto
+      enforcement: enforce                        # enforce | report: report runs the whole decision
+                                                  # but forwards what it would refuse (issue #19;
+                                                  # a risk: refused under the fapi TLS profile)
+      debug_reason_header: false                  # sandboxes: X-Auth-Debug-Reason on refusals
       authz: {rules: [...]}                       # RFC 9396 details, consent binding, CEL (config/authz.py)
 """
 
@@ -101,6 +105,11 @@ class AuthPolicy(Model):
     # introspected (after local verification; both must agree), so a revoked JWT stops here within
     # the issuer's introspection cache TTL (issue #13). Every issuer of the route needs introspection.
     introspect: Literal["auto", "always"] = "auto"
+    # ``report`` (issue #19, gateway.report): the decision runs in full, a refusal is counted,
+    # logged and forwarded with X-Auth-Would-Refuse; a DPoP replay is refused all the same.
+    enforcement: Literal["enforce", "report"] = "enforce"
+    # Sandboxes: the refusal's reason code in an X-Auth-Debug-Reason response header.
+    debug_reason_header: bool = False
     # Fine-grained authorization after scopes (issue #16, gateway.authz).
     authz: AuthzConfig | None = None
 

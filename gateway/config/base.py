@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 
 class Model(BaseModel):
@@ -15,15 +16,36 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-def _readable_file(value: str) -> str:
+def resolve_path(value: str, info: ValidationInfo | None) -> str:
+    """A relative path is relative to the config file's directory (``base_dir`` in the context)."""
+    context = info.context if info is not None and isinstance(info.context, dict) else {}
+    base = context.get("base_dir")
+    if base is None or Path(value).is_absolute():
+        return value
+    return str(Path(base) / value)
+
+
+def check_files(info: ValidationInfo | None) -> bool:
+    """False for ``check-config --no-files``: paths are resolved but need not exist here."""
+    context = info.context if info is not None and isinstance(info.context, dict) else {}
+    return bool(context.get("check_files", True))
+
+
+def _readable_file(written: str, info: ValidationInfo) -> str:
+    value = resolve_path(written, info)
+    if not check_files(info):
+        return value
     path = Path(value)
     if not path.is_file():
-        raise ValueError(f"file not found: {value}")
+        # Say where a relative path was looked for: a copied config is the usual surprise.
+        where = "" if value == written else (
+            f" (a relative path is relative to the config file's directory: {os.path.normpath(value)})")
+        raise ValueError(f"file not found: {written}{where}")
     try:
         with path.open("rb") as fh:
             fh.read(1)
     except OSError as exc:
-        raise ValueError(f"file not readable: {value} ({exc.strerror})") from None
+        raise ValueError(f"file not readable: {written} ({exc.strerror})") from None
     return value
 
 

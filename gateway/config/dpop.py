@@ -147,7 +147,11 @@ def check_process(cfg: GatewayConfig, workers: int) -> str | None:
     that is valid by itself may still not fit the running process.
     """
     from .auth import AuthPolicy
+    from .ratelimit import check_local_workers
 
+    local_limits = check_local_workers(cfg, workers)  # rate_limits.backend: local counts per process
+    if local_limits:
+        return local_limits
     # Any authenticated route may see a DPoP-bound token, so the replay store must span workers.
     if not any(isinstance(r.auth, AuthPolicy) for r in cfg.routes):
         return None

@@ -27,9 +27,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationInfo, model_validator
 
-from .base import FilePath, Model
+from .base import FilePath, Model, check_files
 
 # Asymmetric algorithms only: ``none`` and HS* are never accepted (RFC 8725 §3.1, RFC 9068 §4).
 # "Ed25519": RFC 9864's fully specified name for EdDSA over Ed25519 (node-oidc-provider can sign with it).
@@ -96,14 +96,15 @@ class ClientAuth(Model):
     tls_key: FilePath | None = None
 
     @model_validator(mode="after")
-    def _material(self) -> ClientAuth:
+    def _material(self, info: ValidationInfo) -> ClientAuth:
         if self.method in ("client_secret_basic", "client_secret_post"):
             if self.client_secret is None or not self.client_secret.get_secret_value():
                 raise ValueError(f"{self.method} needs client_secret (e.g. client_secret: ${{AS_SECRET}})")
         elif self.method == "private_key_jwt":
             if self.private_key is None:
                 raise ValueError("private_key_jwt needs private_key (a PEM file)")
-            _check_signing_key(self.private_key, self.private_key_alg)
+            if check_files(info):  # check-config --no-files: the key file is not here
+                _check_signing_key(self.private_key, self.private_key_alg)
         elif self.tls_cert is None or self.tls_key is None:
             raise ValueError("tls_client_auth needs tls_cert and tls_key")
         if self.method != "tls_client_auth" and (self.tls_cert or self.tls_key):

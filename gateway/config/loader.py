@@ -6,16 +6,17 @@ a file in one pass (oauth2-proxy style).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from .schema import GatewayConfig
+from .schema import GatewayConfig, upstream_reference_problem
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PATH_HEAD = re.compile(r"^([A-Za-z0-9_\[\].#-]+): ")
@@ -41,13 +42,14 @@ class _TooLarge(Exception):
 _BRANCH_NAMES = frozenset(("function-after", "function-before", "function-wrap", "policy", "none"))
 
 
-def _expand(text: str, where: str, problems: list[str]) -> str:
+def _expand(text: str, where: str, problems: list[str], line: int | None = None) -> str:
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         value = os.environ.get(name)
         if value is None:
             if default is None:
-                problems.append(f"{where}: environment variable {name} is not set (use ${{{name}:-default}})")
+                at = f"line {line}: " if line else ""
+                problems.append(f"{at}{where}: environment variable {name} is not set (use ${{{name}:-default}})")
                 return ""
             return default
         return value
@@ -85,7 +87,7 @@ def _to_python(
     assert isinstance(node, yaml.ScalarNode)
     raw = node.value
     if "${" in raw:
-        raw = _expand(raw, path, problems)
+        raw = _expand(raw, path, problems, line)
         # Re-resolve the expanded text so "${PORT:-8443}" becomes an int, "${X:-true}" a bool.
         if node.style is None:
             try:
@@ -107,6 +109,62 @@ def _to_python(
 
 # Only used to turn already-resolved scalar nodes into Python values.
 _SCALARS = yaml.SafeLoader("")
+
+
+_LINE = re.compile(r"^line (\d+): ")
+_EARLY_PATH = re.compile(r"^line \d+: ([^ :]+): ")
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config model inside an annotation (``X | None``, ``tuple[X, ...]``, ``dict[str, X]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean `scopes`?)`` for a misspelt key, from the model the key was found in."""
+    model: type[BaseModel] | None = GatewayConfig
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is not None:
+            model = _model_in(field.annotation)
+        # else: a list index, a dict key (upstreams.<name>) or a union branch: same model
+    if model is None or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _raw_references(data: dict[str, Any]) -> list[str]:
+    """Route -> upstream and route -> issuer references, read from the unvalidated mapping."""
+    upstreams = data.get("upstreams")
+    names = set(upstreams) if isinstance(upstreams, dict) else set()
+    issuers = data.get("issuers")
+    issuer_names = {i.get("name") for i in issuers if isinstance(i, dict)} if isinstance(issuers, list) else set()
+    routes = data.get("routes")
+    out: list[str] = []
+    for n, route in enumerate(routes if isinstance(routes, list) else ()):
+        if not isinstance(route, dict):
+            continue
+        where = f"routes[{n}]"
+        upstream = route.get("upstream")
+        if isinstance(upstream, str) and upstream not in names:
+            problem = upstream_reference_problem(upstream)
+            if problem:
+                out.append(f"{where}.upstream: {problem}")
+        auth = route.get("auth")
+        listed = auth.get("issuers") if isinstance(auth, dict) else None
+        for k, name in enumerate(listed if isinstance(listed, list) else ()):
+            if isinstance(name, str) and name not in issuer_names:
+                out.append(f"{where}.auth.issuers[{k}]: no issuer named {name!r} under issuers:")
+    return out
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
@@ -137,7 +195,10 @@ def _format(path: str, msg: str, lines: dict[str, int], source: str) -> str:
     return f"{where}{path}: {msg}" if path else f"{where}{msg}"
 
 
-def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
+def parse_config(
+    text: str, *, source: str = "<config>", base_dir: str | os.PathLike[str] | None = None,
+    check_files: bool = True,
+) -> GatewayConfig:
     """Validate YAML text into a ``GatewayConfig``, or raise ``ConfigError`` listing every problem."""
     problems: list[str] = []
     try:
@@ -157,17 +218,24 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
         raise ConfigError([_format(exc.path, exc.what, lines, source)], source=source) from None
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping of sections"], source=source)
-    if problems:
-        raise ConfigError([_format("", p, lines, source) for p in problems], source=source)
+    # Problems found while reading (unset variables, duplicate keys, bad tags) are reported with
+    # the schema's, in one run: "line 5: x: ..." -> "file:5: x: ...". The schema's complaint about
+    # the same path (the value left empty) would only repeat them, so it is dropped.
+    early = [_LINE.sub(f"{source}:\\1: ", p, count=1) for p in problems]
+    early_paths = {m.group(1) for p in problems if (m := _EARLY_PATH.match(p))}
+    problems = []
     try:
-        return GatewayConfig.model_validate(data)
+        context = {"base_dir": str(base_dir) if base_dir is not None else None, "check_files": check_files}
+        cfg = GatewayConfig.model_validate(data, context=context)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             path = _loc_to_path(tuple(err["loc"]))
+            if path in early_paths:
+                continue
             msg = err["msg"]
             msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+                msg = "unknown key" + _did_you_mean(tuple(err["loc"]))
             elif err["type"] == "missing":
                 msg = "required field is missing"
             for part in msg.split("\n"):
@@ -177,15 +245,24 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
                     problems.append(_format(head.group(1), part[head.end():], lines, source))
                 else:
                     problems.append(_format(path, part, lines, source))
+        # Pass 2 (cross-references) runs only on a model that passed pass 1; check the references
+        # here too, so one run reports everything (an unknown upstream next to a bad type).
+        problems.extend(_format(p.split(": ", 1)[0], p.split(": ", 1)[1], lines, source)
+                        for p in _raw_references(data))
         # A union (e.g. auth: none | {...}) reports each branch; keep each message once.
-        raise ConfigError(list(dict.fromkeys(problems)), source=source) from None
+        raise ConfigError(list(dict.fromkeys(early + problems)), source=source) from None
+    if early:
+        raise ConfigError(early, source=source)
+    return cfg
 
 
-def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
-    """Read and validate a config file. Relative file paths inside it are relative to the CWD."""
+def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> GatewayConfig:
+    """Read and validate a config file. Relative file paths inside it are relative to the file's
+    directory (as nginx and Envoy do not, but a copied config keeps working), held as absolute paths
+    in the result. ``check_files=False`` (``check-config --no-files``) does not open them."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read config file: {exc.strerror}"], source=str(p)) from None
-    return parse_config(text, source=str(p))
+    return parse_config(text, source=str(p), base_dir=p.resolve().parent, check_files=check_files)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
-from .base import Cidr, FilePath, Model
+from .base import Cidr, FilePath, Model, check_files, resolve_path
 
 __all__ = (
     "DEFAULT_STRIP_HEADERS",
@@ -127,8 +127,9 @@ def _header_name(value: str) -> str:
     return value
 
 
-def _directory(value: str) -> str:
-    if not Path(value).is_dir():
+def _directory(value: str, info: ValidationInfo) -> str:
+    value = resolve_path(value, info)
+    if check_files(info) and not Path(value).is_dir():
         raise ValueError(f"directory not found: {value}")
     return value
 

@@ -10,6 +10,10 @@
   upstream stacks read ``X_Auth_User`` as ``X-Auth-User``. ``reject`` (default): 400.
   ``drop``: removed, the request passes (nginx's ``underscores_in_headers off``). ``forward``:
   passed on, except names that normalise to a stripped header (always removed).
+* ``server_header``: the ``Server`` header clients get. Default: none at all; the upstream's own
+  (``Python/3.11 aiohttp/...``, ``nginx/1.25``: a version list for a scanner) is removed too.
+  A value (e.g. ``bank-api``) is sent on proxied responses and on a route's refusals instead.
+  ``relay_upstream_server: true`` passes the upstream's through (the behaviour before).
 """
 
 from __future__ import annotations
@@ -27,3 +31,6 @@ class ProxyConfig(Model):
     # RFC 9110 §7.6.3 ``pseudonym`` is a token; no commas, spaces or parentheses that would split Via.
     pseudonym: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")] | None = None
     underscore_headers: Literal["reject", "drop", "forward"] = "reject"
+    # RFC 9110 §10.2.4 product tokens; printable ASCII only (a header value).
+    server_header: Annotated[str, Field(pattern=r"^[\x20-\x7e]{1,100}$")] | None = None
+    relay_upstream_server: bool = False

@@ -45,6 +45,8 @@ RiskId = Literal[
     "decision_plaintext_non_loopback",
     "decision_peers_any_source",
     "decision_peers_broad_source",
+    "report_only_enforcement",
+    "debug_reason_header",
 ]
 RISK_IDS: Final[tuple[str, ...]] = get_args(RiskId)
 
@@ -188,6 +190,7 @@ def analyse(cfg: GatewayConfig) -> list[Risk]:
                 "unbound_tokens", "warn", f"routes[{n}].auth.sender_constraint",
                 f"route {route.id!r} accepts plain bearer tokens: a stolen token works from anywhere",
             ))
+        _report_risks(risks, cfg, n)
     acknowledged = set(cfg.acknowledge_risks)
     marked = [
         Risk(r.id, r.severity, r.path, r.why, acknowledged=True) if r.id in acknowledged else r for r in risks
@@ -201,6 +204,28 @@ def analyse(cfg: GatewayConfig) -> list[Risk]:
             ))
     order = {"refuse": 0, "warn": 1}
     return sorted(marked, key=lambda r: (r.acknowledged, order[r.severity]))
+
+
+def _report_risks(risks: list[Risk], cfg: GatewayConfig, n: int) -> None:
+    """Issue #19: report-only enforcement and the debug reason header weaken a route; under the
+    fapi TLS profile (production) they are refused unless acknowledged."""
+    route = cfg.routes[n]
+    if not isinstance(route.auth, AuthPolicy):
+        return
+    fapi = cfg.listen.tls is not None and cfg.listen.tls.profile == "fapi"
+    severity: Severity = "refuse" if fapi else "warn"
+    if route.auth.enforcement == "report":
+        risks.append(Risk(
+            "report_only_enforcement", severity, f"routes[{n}].auth.enforcement",
+            f"route {route.id!r} forwards requests it would refuse (report-only: missing, invalid or "
+            "unbound tokens reach the upstream, marked X-Auth-Would-Refuse)",
+        ))
+    if route.auth.debug_reason_header:
+        risks.append(Risk(
+            "debug_reason_header", severity, f"routes[{n}].auth.debug_reason_header",
+            f"route {route.id!r} tells every client why it was refused (X-Auth-Debug-Reason): an "
+            "oracle for probing tokens and proofs; sandboxes only",
+        ))
 
 
 def _decision_risks(risks: list[Risk], cfg: GatewayConfig) -> None:

@@ -24,8 +24,10 @@ from .mtls import ClientCertConfig
 from .observability import ObservabilityConfig
 from .paths import HostEntry, HostName, PathConfig, RoutePath, check_origin_authority, template_shape
 from .proxy import ProxyConfig
+from .ratelimit import RateLimitsConfig, check_rate_limits
 from .revocation import RevocationConfig, check_deny_entries, check_introspect_always
 from .risks import RiskId, unacknowledged_refusals
+from .signatures import ClientConfig, HttpSignaturesConfig, RouteSignatures, check_signatures
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -37,6 +39,17 @@ def _http_url(value: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query or fragment")
     return value.rstrip("/")
+
+
+def upstream_reference_problem(value: str) -> str | None:
+    """Why a route's ``upstream`` that is not a name under ``upstreams:`` is no URL either."""
+    try:
+        _http_url(value)
+    except ValueError as exc:
+        if "://" in value:  # meant as a URL: say what is wrong with it
+            return f"{value!r}: {exc}"
+        return f"{value!r} is neither a name under upstreams: nor a URL"
+    return None
 
 
 def _origin(value: str) -> str:
@@ -91,7 +104,7 @@ class Listen(Model):
 
 class Admin(Model):
     host: str = "127.0.0.1"
-    port: Port = 9090
+    port: Port = 8442  # not 9090: that is Prometheus's own default port
     # Bearer secret for the admin API's write operations (revocation); unset: they are disabled.
     token: Annotated[SecretStr, Field(min_length=32)] | None = None
 
@@ -188,6 +201,8 @@ class RouteConfig(Model):
     external_origin: Origin | None = None
     # Browser clients: preflights answered here; DPoP-Nonce / WWW-Authenticate exposed.
     cors: CorsConfig | None = None
+    # FAPI 2.0 HTTP message signatures on this route (config/signatures.py).
+    http_signatures: RouteSignatures = RouteSignatures()
 
 
 class GatewayConfig(Model):
@@ -207,6 +222,11 @@ class GatewayConfig(Model):
     decision: DecisionConfig = DecisionConfig()
     # Risky settings (config/risks.py) that the operator accepts, by id; the rest are refused.
     acknowledge_risks: tuple[RiskId, ...] = ()
+    # Per-client limits and per-source abuse budgets (config/ratelimit.py); omitted: none.
+    rate_limits: RateLimitsConfig | None = None
+    # OAuth clients' signing keys, and the gateway's own (config/signatures.py).
+    clients: tuple[ClientConfig, ...] = ()
+    http_signatures: HttpSignaturesConfig = HttpSignaturesConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
@@ -220,12 +240,9 @@ class GatewayConfig(Model):
                 problems.append(f"{where}.id: duplicate of routes[{seen_ids[route.id]}].id ({route.id!r})")
             seen_ids.setdefault(route.id, n)
             if route.upstream not in self.upstreams:
-                try:
-                    _http_url(route.upstream)
-                except ValueError:
-                    problems.append(
-                        f"{where}.upstream: {route.upstream!r} is neither a name under upstreams: nor a URL"
-                    )
+                upstream_problem = upstream_reference_problem(route.upstream)
+                if upstream_problem:
+                    problems.append(f"{where}.upstream: {upstream_problem}")
             m = route.match
             prefix, path = m.path_prefix, m.path
             # Templates of one shape (names aside) match the same requests (issue #16).
@@ -277,6 +294,8 @@ class GatewayConfig(Model):
         if workers_problem:
             problems.append(workers_problem)
         problems.extend(check_deny_entries(self.revocation, self.issuers))
+        problems.extend(check_rate_limits(self))
+        problems.extend(check_signatures(self))
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -41,6 +41,7 @@ from ..model import PeerCertificate
 from ..observability.observer import CLIENT_CLOSED, Observer
 from ..proxy import interaction_id
 from ..proxy.headers import HOP_BY_HOP
+from ..signatures import decision_refusal
 from ..tls.checks import CertFacts, parse_cert_facts
 from ..tls.clientcerts import CERT_HEADERS
 from ..tls.front_proxy import FrontProxy, parse_url_pem
@@ -280,6 +281,8 @@ async def check(
             observer.finished(
                 original, started=started, route_id=p.route_id, status=status, reason=reason,
                 decision=p.decision, interaction_id=fapi_id, auth_s=p.auth_s, mode=original.mode,
+                refused_token=p.refused_token,
+                limit=p.limit,
             )
 
 
@@ -304,6 +307,10 @@ async def _decide(state: GatewayState, original: OriginalRequest, p: Progress, f
     if isinstance(ok, web.Response):
         return _from_response(ok, None, p.route_id)
     decision, rt = ok.decision, ok.rt
+    # HTTP message signatures need the body and the response, which a front never shows us.
+    refusal = decision_refusal(rt.route.config)
+    if refusal is not None:
+        raise refusal
     add = [*decision.upstream_headers]
     cert_header = state.client_certs.upstream_header(ok.auth_req.peer_cert)
     if cert_header is not None:

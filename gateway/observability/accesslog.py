@@ -80,6 +80,11 @@ class AccessRecord:
     remote: str | None = None
     jti: str | None = None
     mode: str = "proxy"
+    sub: str | None = None  # opt-in field: a subject can be personal data
+    would_refuse: str | None = None
+    limit: str | None = None
+    signature_keyid: str | None = None
+    signature_label: str | None = None
 
 
 def redact_query(query: str) -> str:
@@ -132,6 +137,11 @@ _GETTERS: Final[dict[AccessLogField, Callable[[AccessRecord], Any]]] = {
     "mode": attrgetter("mode"),
     "remote": attrgetter("remote"),
     "jti": attrgetter("jti"),
+    "sub": attrgetter("sub"),
+    "would_refuse": attrgetter("would_refuse"),
+    "limit": attrgetter("limit"),
+    "signature_keyid": attrgetter("signature_keyid"),
+    "signature_label": attrgetter("signature_label"),
 }
 
 
@@ -163,6 +173,7 @@ def _default_line(r: AccessRecord, include_query: bool) -> str:
         + ',"upstream_status":' + _num(r.upstream_status)
         + ',"upstream_latency_ms":' + _num(_ms(r.upstream_latency_s))
         + ',"mode":' + _str(r.mode)
+        + ',"would_refuse":' + _str(r.would_refuse)
         + "}\n"
     )
 
@@ -170,8 +181,11 @@ def _default_line(r: AccessRecord, include_query: bool) -> str:
 class _Writer(threading.Thread):
     """Drains the deque into a stream in batches: one write and one flush per batch."""
 
-    def __init__(self, lines: deque[str], stream: IO[str], owns_stream: bool) -> None:
+    def __init__(
+        self, lines: deque[str], stream: IO[str], owns_stream: bool, lost: Callable[[int], None] | None = None
+    ) -> None:
         super().__init__(name="gateway-access-log", daemon=True)
+        self._lost = lost
         self._lines = lines
         self._stream = stream
         self._owns = owns_stream
@@ -198,6 +212,8 @@ class _Writer(threading.Thread):
                     if not failed:
                         log.warning("access log write failed: %s", type(exc).__name__)
                     failed = True
+                    if self._lost is not None:  # those lines are gone: counted like a full queue
+                        self._lost(len(chunk))
             if stop and not lines:
                 if self._owns:
                     stream.close()
@@ -215,6 +231,9 @@ class AccessLog:
         cfg = cfg or AccessLogConfig()
         self.enabled = cfg.enabled
         self.dropped = 0
+        # Called with the number of lines lost (queue full, or a failed write): the server points it
+        # at gateway_access_log_dropped_lines_total. From the writer thread too: must be thread-safe.
+        self.on_drop: Callable[[int], None] | None = None
         fields: tuple[AccessLogField, ...] = cfg.fields or DEFAULT_ACCESS_LOG_FIELDS
         getters = dict(_GETTERS)
         if cfg.include_query:
@@ -233,7 +252,7 @@ class AccessLog:
                 owns = True
             else:
                 stream = sys.stderr if cfg.destination == "stderr" else sys.stdout
-        self._writer = _Writer(self._lines, stream, owns) if self.enabled else None
+        self._writer = _Writer(self._lines, stream, owns, self._lost) if self.enabled else None
         if self._writer is not None:
             self._writer.start()
 
@@ -242,11 +261,18 @@ class AccessLog:
             return
         if len(self._lines) >= self._max:
             self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(1)
             return
         if self._fast:
             self._lines.append(_default_line(rec, self._include_query))
         else:
             self._lines.append(_ENCODE({name: get(rec) for name, get in self._getters}) + "\n")
+
+    def _lost(self, n: int) -> None:
+        on_drop = self.on_drop
+        if on_drop is not None:
+            on_drop(n)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush queued lines and stop the writer (idempotent)."""

@@ -29,6 +29,8 @@ What other stages call (all cheap, none blocks):
 ``metrics.malformed_request(listener)`` a request aiohttp's parser refused (400, closed)
 ``metrics.connection_closed(r)``        the listener closed a client connection (``listener.py``)
 ``metrics.connections_open``            gauge: established client connections
+``metrics.would_refuse(route, reason)`` a report-only route forwarded what it would refuse
+``metrics.report_only_routes(n)``       gauge: routes in report-only enforcement (issue #19)
 ======================================  ===============================================
 
 Stages that should not import this module take a small callback instead, e.g.
@@ -37,15 +39,20 @@ Stages that should not import this module take a small callback instead, e.g.
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import time
-from collections.abc import Iterable
-from typing import Final, Literal
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from typing import Any, Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .certs import CertificateExpiry
 from .hotpath import FastCounter, FastGauge, FastHistogram, HotPathCollector
+from .stages import REPLAY_BUCKETS, IssuerKeys
 
 __all__ = (
     "CONTENT_TYPE",
@@ -103,6 +110,20 @@ _CLOSE_REASONS: Final = ("header_timeout", "idle_evicted", "over_capacity", "sen
 _CODE = re.compile(r"^[a-z0-9_]{1,48}$")
 _ROUTE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEADER = re.compile(r"^[a-z0-9-]{1,64}$")
+
+
+_REVISION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def build_labels() -> tuple[str, str, str]:
+    """``(version, python, revision)`` for ``gateway_build_info``. The revision comes from the
+    image build (``GATEWAY_BUILD_REVISION``); anything that does not look like one is ``unknown``."""
+    try:
+        version = metadata.version("fapi-gateway")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    revision = os.environ.get("GATEWAY_BUILD_REVISION", "")
+    return version, platform.python_version(), revision if _REVISION.match(revision) else "unknown"
 
 
 def method_class(method: str) -> MethodClass:
@@ -255,6 +276,14 @@ class Metrics:
             ("store",),
             registry=r,
         )
+        # Lock-free like the per-request metrics: counted on every request of a limited route.
+        self.rate_limit_decisions = FastCounter(
+            "gateway_rate_limit_decisions_total",
+            "Rate-limit decisions by limit id (source_budget: the per-source budget of refusals) and outcome "
+            "(allowed, limited, fail_open: store unreachable and let through, fail_closed).",
+            ("limit", "outcome"),
+        )
+        r.register(HotPathCollector(self.rate_limit_decisions))
         self.front_proxy_cert_headers_dropped = Counter(
             "gateway_front_proxy_cert_headers_dropped_total",
             "Client-certificate headers dropped because the sending peer is not a trusted proxy.",
@@ -291,6 +320,32 @@ class Metrics:
             "1 while the config file changes settings a reload cannot apply (listen, admin, ...).",
             registry=r,
         )
+        # What runs (issue #21): one series, value 1; a dashboard joins on it or shows the labels.
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "Version of the gateway, Python it runs on and the image's source revision (value 1).",
+            ("version", "python", "revision"),
+            registry=r,
+        )
+        self.build_info.labels(*build_labels()).set(1)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: with
+        # several workers, observability/multiprocess.py sums them (start time, fd limit: the max).
+        ProcessCollector(registry=r)
+        # The Redis replay store's SET NX round trip (observability/stages.py times it).
+        self.replay_store_duration = FastHistogram(
+            "gateway_replay_store_duration_seconds",
+            "DPoP replay-store round trip (Redis SET NX), failures included.",
+            ("store",),
+            REPLAY_BUCKETS,
+        )
+        self.replay_store_duration.series(("redis",))  # present from the start: dashboards and alerts
+        r.register(HotPathCollector(self.replay_store_duration))
+        self._issuer_keys: IssuerKeys | None = None
+        self.access_log_dropped = Counter(
+            "gateway_access_log_dropped_lines_total",
+            "Access-log lines lost: the writer's queue was full (stalled disk or stdout) or a write failed.",
+            registry=r,
+        )
         self.malformed_requests = Counter(
             "gateway_http_malformed_requests_total",
             "Requests refused by the HTTP parser (bad request line or header), by listener.",
@@ -308,6 +363,18 @@ class Metrics:
             ("reason",),
             registry=r,
         )
+        # Issue #19: report-only rollout; alert on a gauge above 0 in production.
+        self.would_refuse_total = Counter(
+            "gateway_would_refuse_total",
+            "Requests a report-only route forwarded although the auth decision refused them, by route "
+            "and reason code.",
+            ("route", "reason"),
+            registry=r,
+        )
+        self.routes_report_only = Gauge(
+            "gateway_routes_report_only", "Routes whose auth.enforcement is report (not enforcing).", registry=r
+        )
+        self._certs: CertificateExpiry | None = None
         self._close_reasons = _LabelGuard(limit=8, preset=_CLOSE_REASONS)
         for reason in _CLOSE_REASONS:
             self.connections_closed.labels(reason)
@@ -359,6 +426,10 @@ class Metrics:
     def replay_store_error(self, store: str = "redis") -> None:
         self.replay_store_errors.labels(self._stores(store)).inc()
 
+    def rate_limit_decision(self, limit: str, outcome: str) -> None:
+        # Limit ids come from the config (a closed set), outcomes from gateway.ratelimit.
+        self.rate_limit_decisions.cell((limit, outcome))[0] += 1
+
     def front_proxy_cert_dropped(self, header: str = "") -> None:
         """``header``: the (closed set of) certificate header names, e.g. X-Forwarded-Client-Cert."""
         self.front_proxy_cert_headers_dropped.labels(self._headers(header.lower() or OTHER)).inc()
@@ -380,11 +451,39 @@ class Metrics:
         for risk, level in risks:
             self.config_risks_gauge.labels(self._risks(risk), level).inc()
 
+    def would_refuse(self, route_id: str, reason: str) -> None:
+        self.would_refuse_total.labels(self._route_guard(route_id), self._reasons(reason)).inc()
+
+    def report_only_routes(self, count: int) -> None:
+        self.routes_report_only.set(count)
+
     def malformed_request(self, listener: str) -> None:
         self.malformed_requests.labels("admin" if listener == "admin" else "public").inc()
 
     def connection_closed(self, reason: str) -> None:
         self.connections_closed.labels(self._close_reasons(reason)).inc()
+
+    def watch_certificates(self, files: Callable[[], list[tuple[str, str]]]) -> None:
+        """Export the expiry of the ``(kind, path)`` files ``files()`` names at each scrape
+        (``observability/certs.py``; the server passes its running configuration's)."""
+        if self._certs is None:
+            self._certs = CertificateExpiry(files)
+            self.registry.register(self._certs)
+        else:
+            self._certs.files = files
+
+    def watch_state(self, state: Callable[[], Any]) -> None:
+        """Export what the running ``GatewayState`` (``state()``) knows at scrape time: each
+        issuer's key-set age and staleness (``observability/stages.py``)."""
+        if self._issuer_keys is None:
+            self._issuer_keys = IssuerKeys(state)
+            self.registry.register(self._issuer_keys)
+        else:
+            self._issuer_keys.state = state
+
+    def access_log_lost(self, lines: int = 1) -> None:
+        """Access-log lines dropped (queue full or write failed); any thread."""
+        self.access_log_dropped.inc(lines)
 
     # -- exposition ---------------------------------------------------------------------------
 

@@ -4,10 +4,12 @@ With ``--workers N`` the admin port is shared (SO_REUSEPORT), so a scrape reache
 chosen by the kernel. Each worker therefore writes a snapshot of its own exposition to a
 directory shared with its siblings (``GATEWAY_METRICS_DIR``, set by the supervisor) every
 ``interval_s``, and answers a scrape with its live numbers merged with its siblings' latest
-snapshots: counters and histograms are summed, gauges summed too except ``*_timestamp_seconds``
-(the latest wins). A sibling's numbers are at most ``interval_s`` old; the request path is never
-involved. Snapshots are written atomically (write, then rename). A worker that exits cleanly
-removes its snapshot; one that crashed keeps it (its counts are not lost).
+snapshots: counters and histograms are summed, gauges summed too except ``*_timestamp_seconds``,
+``*_info``, ``process_start_time_seconds`` and ``process_max_fds`` (the largest wins: a build,
+a certificate's expiry or a limit is the same in every worker, not N times it). A sibling's
+numbers are at most ``interval_s`` old; the request path is never involved. Snapshots are
+written atomically (write, then rename). A worker that exits cleanly removes its snapshot; one
+that crashed keeps it (its counts are not lost).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ENV_DIR = "GATEWAY_METRICS_DIR"
 _SUFFIX = ".prom"
+# Per-process gauges that are the same kind of value in every worker: not to be added up.
+_MAX_GAUGES = frozenset(("process_start_time_seconds", "process_max_fds", "gateway_build_info"))
 
 
 class _Merged(Collector):
@@ -53,7 +57,9 @@ def merge_expositions(texts: list[str]) -> bytes:
             if merged is None:
                 merged = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
                 values[fam.name] = {}
-            timestamps = fam.type == "gauge" and fam.name.endswith("_timestamp_seconds")
+            timestamps = fam.type == "gauge" and (
+                fam.name.endswith(("_timestamp_seconds", "_info")) or fam.name in _MAX_GAUGES
+            )
             slot = values[fam.name]
             for s in fam.samples:
                 key = (s.name, tuple(sorted(s.labels.items())))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from ..model import Decision
+from ..model import Decision, VerifiedToken
 from .accesslog import AccessLog, AccessRecord
 from .metrics import Metrics
 
@@ -56,6 +56,9 @@ class Observer:
         upstream_status: int | None = None,
         upstream_s: float | None = None,
         mode: str = "proxy",
+        refused_token: VerifiedToken | None = None,
+        limit: str | None = None,
+        signature: tuple[str, str] | None = None,
     ) -> None:
         """Count and log one finished request. ``started`` is a ``time.perf_counter()`` value."""
         elapsed = time.perf_counter() - started
@@ -68,7 +71,8 @@ class Observer:
         log = self.access_log
         if log is None or not log.enabled:
             return
-        token = decision.token if decision is not None else None
+        # A refusal after verification (binding_mismatch, insufficient_scope) still names the token.
+        token = decision.token if decision is not None else refused_token
         binding = decision.binding if decision is not None else None
         log.emit(
             AccessRecord(
@@ -88,6 +92,11 @@ class Observer:
                 remote=request.remote,
                 jti=token.jti if token is not None else None,
                 mode=mode,
+                sub=token.subject if token is not None else None,
+                would_refuse=decision.would_refuse if decision is not None else None,
+                limit=limit,
+                signature_keyid=signature[0] if signature is not None else None,
+                signature_label=signature[1] if signature is not None else None,
             )
         )
 

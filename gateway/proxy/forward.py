@@ -17,7 +17,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from ..config import UpstreamConfig
-from ..errors import ClientBodyError, GatewayError, PayloadTooLargeError, RequestTimeoutError
+from ..errors import (
+    ClientBodyError,
+    GatewayError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UpstreamUnavailableError,
+)
 from .headers import HeaderPolicy
 from .http1 import ConnectionPool, UpstreamResponse
 
@@ -145,6 +151,20 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int, first: bytes = b"")
         yield chunk
 
 
+async def _read_bounded(up: UpstreamResponse, limit: int) -> bytes:
+    """The whole upstream body, or 502 past ``limit`` (the client gets no partial answer)."""
+    if up.content_length is not None and up.content_length > limit:
+        raise UpstreamUnavailableError("upstream response too large", reason="response_too_large")
+    parts: list[bytes] = []
+    seen = 0
+    async for chunk in up.iter_chunks():
+        seen += len(chunk)
+        if seen > limit:
+            raise UpstreamUnavailableError("upstream response too large", reason="response_too_large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class Forwarder:
     """Sends a request upstream and streams the answer back.
 
@@ -173,13 +193,16 @@ class Forwarder:
         extra_response_headers: Iterable[tuple[str, str]] = (),
         target: str | None = None,
         body: bytes | None = None,
+        buffer_response: int | None = None,
     ) -> tuple[web.StreamResponse, int]:
         """Returns the (already prepared and written) response and the upstream's status.
 
         ``target``: the canonical request target the route was chosen on (``gateway.canonical``);
         the raw one only when a caller has none. ``body``: the request body when a stage already
         read it (``proxy.buffered.read_body``, within ``max_body_bytes``): sent as it is, with its
-        Content-Length; the client's stream is not read again."""
+        Content-Length; the client's stream is not read again. ``buffer_response``: read the whole
+        response (at most that many bytes, else 502) and return it unsent, for a stage that must
+        see it before the client does (a response signature's Content-Digest); not for HEAD."""
         length = request.content_length
         if length is not None and length > max_body_bytes:
             raise _too_large()
@@ -204,6 +227,11 @@ class Forwarder:
             for name, value in extra_response_headers:
                 headers_out[name] = value
             size = up.content_length
+            if buffer_response is not None and request.method != "HEAD":
+                payload = await _read_bounded(up, buffer_response)
+                headers_out.popall("Content-Length", None)  # set again from the body
+                return web.Response(status=up.status, reason=up.reason, headers=headers_out,
+                                    body=payload), up.status
             if size is not None and size <= _BUFFER_LIMIT and request.method != "HEAD":
                 payload = await up.read()
                 headers_out.popall("Content-Length", None)  # set again from the body

@@ -247,6 +247,8 @@ class HeaderPolicy:
         forward_override_headers: bool = False,
         underscore_headers: UnderscorePolicy = "reject",
         pseudonym: str = "fapi-gateway",
+        server_header: str | None = None,
+        relay_upstream_server: bool = False,
     ) -> None:
         # Compared by normalised name: ``X_Auth_User`` is ``X-Auth-User`` to many upstreams.
         drop = set(HOP_BY_HOP) | FORWARDING | {"host", FAPI_INTERACTION_ID, "max-forwards"}
@@ -258,6 +260,9 @@ class HeaderPolicy:
         self._underscores = underscore_headers
         self._pseudonym = pseudonym.lower()
         self._via = f"1.1 {pseudonym}"
+        # Server toward the client (config/proxy.py): none by default, the upstream's dropped.
+        self.server_header = server_header
+        self._response_drop = _RESPONSE_DROP if relay_upstream_server else _RESPONSE_DROP | {"server"}
         self._decided: dict[str, bool] = {}
         self._built: dict[tuple[str, str, str], tuple[str, str]] = {}
 
@@ -282,6 +287,8 @@ class HeaderPolicy:
             forward_override_headers=route.forward_override_headers,
             underscore_headers=cfg.proxy.underscore_headers,
             pseudonym=pseudonym,
+            server_header=cfg.proxy.server_header,
+            relay_upstream_server=cfg.proxy.relay_upstream_server,
         )
 
     # -- before auth ------------------------------------------------------------------------------
@@ -387,11 +394,14 @@ class HeaderPolicy:
     def client_response_headers(self, upstream: Headers) -> CIMultiDict[str]:
         named = _connection_tokens(upstream) if "connection" in upstream else ()
         out: CIMultiDict[str] = CIMultiDict()
+        drop = self._response_drop
         for name, value in upstream.items():
             norm = normalise(name)
-            if norm in _RESPONSE_DROP or norm in named:
+            if norm in drop or norm in named:
                 continue
             out.add(name, value)
+        if self.server_header is not None:
+            out["Server"] = self.server_header
         self._add_via(out, upstream)
         return out
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal, Protocol
 
-from cachetools import TLRUCache
-
 from ..config.auth import AuthPolicy
 from ..config.issuers import IssuerConfig
 from ..errors import DependencyError, IntrospectionUnavailableError, InvalidTokenError
@@ -42,6 +40,7 @@ from .introspection import Introspector
 from .jose import looks_like_jws, parse_compact
 from .jwks import JwksCache
 from .jwt import JwtVerifier
+from .tokencache import TtuCache
 
 __all__ = ("AccessTokenVerifier", "IssuerRuntime", "VerifierEvents")
 
@@ -130,9 +129,7 @@ class AccessTokenVerifier:
             self.issuers[cfg.name] = IssuerRuntime(cfg, http, jwks, jwt_verifier, introspector)
         size = max((c.token_cache_size for c in issuers), default=1)
         self._ttl_cap = {c.issuer: c.token_cache_ttl_s for c in issuers}
-        self.token_cache: TLRUCache[bytes, _Cached] = TLRUCache(
-            maxsize=size, ttu=self._cached_until, timer=clock
-        )
+        self.token_cache: TtuCache[bytes, _Cached] = TtuCache(maxsize=size, ttu=self._cached_until, timer=clock)
         self._routes: dict[tuple[tuple[str, ...], str], _RouteIssuers] = {}
 
     def _cached_until(self, _key: bytes, value: _Cached, now: float) -> float:

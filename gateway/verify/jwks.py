@@ -152,6 +152,11 @@ class JwksCache:
     def ready(self) -> bool:
         return self._current() is not None
 
+    @property
+    def loaded_at(self) -> float:
+        """When the key set in use was loaded (Unix time; 0: never). For the metrics' staleness."""
+        return self._loaded_at
+
     async def start(self) -> None:
         """Load the keys before serving; a failure is logged and retried, requests get 503 until then."""
         await self._refresh(force=True)
@@ -174,6 +179,19 @@ class JwksCache:
                 "the token issuer's keys are unavailable", reason="jwks_unavailable"
             )
         return keys.candidates(kid, alg)
+
+    async def find(self, match: Callable[[VerificationKey], bool]) -> list[VerificationKey]:
+        """Keys for which ``match`` holds (e.g. a key id that may be a kid or an RFC 7638
+        thumbprint); none found causes at most a rate-limited refetch, like an unknown kid."""
+        keys = self._current()
+        found = [k for k in keys.keys if match(k)] if keys is not None else []
+        if found:
+            return found
+        await self._refresh(force=False)
+        keys = self._current()
+        if keys is None:
+            raise KeySourceUnavailableError("the signer's keys are unavailable", reason="jwks_unavailable")
+        return [k for k in keys.keys if match(k)]
 
     async def refresh(self) -> bool:
         """Fetch the key set now, whatever the cooldown (admin flush); True if it loaded."""

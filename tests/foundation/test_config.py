@@ -37,7 +37,7 @@ def problems(text: str) -> list[str]:
                      id="out-of-range"),
         pytest.param("admin: {}\n", "routes: required field is missing", id="missing-routes"),
         pytest.param(ROUTE.replace("http://127.0.0.1:9", "ftp://x"),
-                     "t.yaml:5: routes[0].upstream: 'ftp://x' is neither a name under upstreams: nor a URL",
+                     "t.yaml:5: routes[0].upstream: 'ftp://x': not a URL",
                      id="bad-upstream"),
         pytest.param(ROUTE.replace("auth: none", "auth: nothing"), "routes[0].auth: Input should be 'none'",
                      id="auth-typo"),

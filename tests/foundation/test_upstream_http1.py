@@ -331,3 +331,39 @@ async def test_bad_framing_after_a_good_head_fails_the_request_itself(answer: by
             r = await p.request("GET", "/", CIMultiDict())
             r.release()
         await p.close()
+
+
+async def test_read_timer_kept_across_exchanges_still_times_out_a_reused_connection() -> None:
+    """The read timer lives with the connection (issue 20: no timer made per request): a second
+    exchange on the same connection that stalls is still cut at read_s, and a timer that fires
+    while the connection idles in the pool leaves the connection usable."""
+    never = asyncio.Event()
+    served = 0
+
+    async def first_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head:
+                return
+            served += 1
+            if served in (1, 2):
+                writer.write(ok(b"n%d" % served))
+                await writer.drain()
+            else:
+                await never.wait()
+
+    server = await asyncio.start_server(first_then_silent, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    p = pool(url, read_s=0.2)
+    loop = asyncio.get_running_loop()
+    assert (await get(p))[2] == b"n1"
+    await asyncio.sleep(0.5)  # the kept timer fires while the connection is idle: no harm done
+    assert (await get(p))[2] == b"n2"
+    t0 = loop.time()
+    with pytest.raises(UpstreamTimeoutError):
+        await get(p)  # same connection, upstream silent: the kept timer still cuts it
+    assert 0.1 < loop.time() - t0 < 1.5
+    assert served == 3
+    await p.close()
+    server.close()

@@ -97,12 +97,12 @@ def test_standalone_defaults_render_and_validate() -> None:
     # Probes on the admin port.
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443, "admin": 9090}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443, "admin": 8442}
     # Room to drain: termination grace > shutdown delay + grace.
     assert pod["terminationGracePeriodSeconds"] > 5 + 20
     cfg = gateway_yaml(docs)
     assert cfg["listen"]["tls"]["cert"] == "/etc/gateway/tls/tls.crt"
-    assert cfg["admin"] == {"host": "${POD_IP}", "port": 9090}
+    assert cfg["admin"] == {"host": "${POD_IP}", "port": 8442}
     assert cfg["lifecycle"] == {"workers": 1, "shutdown_delay_s": 5, "shutdown_grace_s": 20}
 
 
@@ -343,7 +343,7 @@ def test_admin_token_from_a_secret_enables_the_revocation_api() -> None:
     validate_all(docs)
     c = gateway_container(one(docs, "Deployment")["spec"]["template"]["spec"])
     assert env_of(c)["GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "gw-admin", "key": "t"}
-    assert gateway_yaml(docs)["admin"] == {"host": "${POD_IP}", "port": 9090, "token": "${GATEWAY_ADMIN_TOKEN}"}
+    assert gateway_yaml(docs)["admin"] == {"host": "${POD_IP}", "port": 8442, "token": "${GATEWAY_ADMIN_TOKEN}"}
     off = render(CHART)
     assert "token" not in gateway_yaml(off)["admin"]
     assert "GATEWAY_ADMIN_TOKEN" not in env_of(gateway_container(one(off, "Deployment")["spec"]["template"]["spec"]))
@@ -365,7 +365,7 @@ def test_decision_mode_renders_the_decision_service(monkeypatch: pytest.MonkeyPa
         "ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Service", "ServiceAccount",
     ]
     c = gateway_container(one(docs, "Deployment")["spec"]["template"]["spec"])
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"admin": 9090, "decision-grpc": 9001,
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"admin": 8442, "decision-grpc": 9001,
                                                                    "decision-http": 9002}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "decision-http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}

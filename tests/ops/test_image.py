@@ -167,7 +167,10 @@ def test_entrypoint_runs_from_a_fresh_install(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-sbom.txt"):
         (src / name).write_bytes((REPO / name).read_bytes())
     subprocess.run(["cp", "-r", str(REPO / "gateway"), str(src / "gateway")], check=True)
-    pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # Without PYTHONPATH: a test run that sets it (a worktree) would import that tree's gateway
+    # instead of the fresh install under test.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    pip_env = {**clean, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for run in _build_stage_runs():
         cmd = (run.replace("/opt/gateway", str(env_dir)).replace("/opt/sbom", str(tmp_path / "sbom"))
                .replace("python -m venv", f"{shlex.quote(sys.executable)} -m venv"))
@@ -186,20 +189,21 @@ def test_entrypoint_runs_from_a_fresh_install(tmp_path: Path) -> None:
     assert any(n == "fapi-gateway" for n, _ in listed)
 
     where = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import gateway; print(gateway.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True)
+                           cwd=tmp_path, env=clean, capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(env_dir)), where.stdout
 
-    help_ = subprocess.run([str(gw), "--help"], capture_output=True, text=True, timeout=60)
+    help_ = subprocess.run([str(gw), "--help"], env=clean, capture_output=True, text=True, timeout=60)
     assert help_.returncode == 0 and "check-config" in help_.stdout
 
-    check = subprocess.run([str(gw), "check-config", "config/dev.yaml"], cwd=REPO,
+    check = subprocess.run([str(gw), "check-config", "config/dev.yaml"], cwd=REPO, env=clean,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
     assert "OK" in check.stdout
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes: []\nlisten: {port: 99999}\n")
-    refused = subprocess.run([str(gw), "check-config", str(bad)], capture_output=True, text=True, timeout=60)
+    refused = subprocess.run([str(gw), "check-config", str(bad)], env=clean, capture_output=True, text=True,
+                             timeout=60)
     assert refused.returncode == 78 and "listen.port" in refused.stderr
     # The image's default command line parses (run --config FILE) with the installed CLI.
     (cmd,) = [a for i, a in _instructions() if i == "CMD"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError
 
 from .gwproc import REPO, GatewayProcess
@@ -132,7 +132,7 @@ def test_clean_config_has_no_findings(tmp_path: Path) -> None:
 def test_shipped_dev_config_has_no_risks(path: Path) -> None:
     from gateway.config.risks import analyse
 
-    assert analyse(parse_config(path.read_text(), source=str(path))) == []
+    assert analyse(load_config(path)) == []
 
 
 def test_start_up_and_reload_log_the_risks(tmp_path: Path) -> None:
