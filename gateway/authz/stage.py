@@ -160,15 +160,18 @@ def _evaluate(
         hit = _results.get(key)
         if hit is not None and hit[0] is token and hit[1] is compiled:
             return hit[2]
-    ctx_key = (id(token), id(compiled))
-    entry = _contexts.get(ctx_key)
-    if entry is None or entry[0] is not token or entry[1] is not compiled:
-        entry = (token, compiled, new_context(_token_variable(token), compiled.token_names))
-        _bounded_put(_contexts, ctx_key, entry, _MAX_CONTEXTS)
-    ctx = entry[2]
-    # Set and evaluated with no await in between: no other request can see these values.
-    for name, value in _request_variables(compiled, req, decision, route_id, body).items():
-        ctx.add_variable(name, value)
+    try:
+        ctx_key = (id(token), id(compiled))
+        entry = _contexts.get(ctx_key)
+        if entry is None or entry[0] is not token or entry[1] is not compiled:
+            entry = (token, compiled, new_context(_token_variable(token), compiled.token_names))
+            _bounded_put(_contexts, ctx_key, entry, _MAX_CONTEXTS)
+        ctx = entry[2]
+        # Set and evaluated with no await in between: no other request can see these values.
+        for name, value in _request_variables(compiled, req, decision, route_id, body).items():
+            ctx.add_variable(name, value)
+    except Exception:  # a value the library cannot convert: refused like any evaluation error
+        return False
     result = compiled.allows(ctx)
     if key is not None:
         _bounded_put(_results, key, (token, compiled, result), _MAX_RESULTS)

@@ -8,6 +8,8 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.authz import check_authz
@@ -358,3 +360,30 @@ def json_text(value: object) -> str:
     import json
 
     return json.dumps(value)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+ENTRY = st.fixed_dictionaries({"type": st.sampled_from(["payment_initiation", "account_information", 1])},
+                              optional={"actions": JSON, "identifier": JSON, "instructedAmount": JSON,
+                                        "creditorAccount": JSON, "locations": JSON})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(JSON, st.lists(ENTRY, max_size=3)), JSON)
+def test_property_any_token_or_body_is_allowed_or_refused_never_an_error(details: object, body: object) -> None:
+    """Whatever JSON the token's authorization_details and the body hold, the stage either allows or
+    refuses with the route's error: never another exception (which would be a 500)."""
+    cfg = authz({"body": {}, "rules": [
+        {"id": "rar", "authorization_details": {"types": ["payment_initiation", "account_information"],
+                                                "identifier": {"path": "account_id"}}},
+        {"id": "amount", "methods": ["POST"], "expression": PAYMENT_EXPR},
+    ]})
+    try:
+        run(cfg, token(details), req("POST"), body)
+    except InsufficientAuthorizationDetailsError as exc:
+        assert exc.reason in ("authz_rar", "authz_amount")
