@@ -13,7 +13,7 @@ from ..config import AuthPolicy, GatewayConfig, RouteConfig
 from ..config.authz import AuthzRule
 from ..config.paths import template_params
 
-__all__ = ("describe_rules",)
+__all__ = ("describe_rules", "rule_summary")
 
 
 _SAMPLE_PARAM = {"str": "x", "int": 1, "uuid": "00000000-0000-0000-0000-000000000000"}
@@ -71,6 +71,11 @@ def _parts(rule: AuthzRule) -> list[str]:
         out.append(f"CEL reading {', '.join(reads)}{' (request ' + ', '.join(extra) + ')' if extra else ''}; "
                    f"{cached}")
     return out
+
+
+def rule_summary(rule: AuthzRule) -> list[str]:
+    """What a rule compares and reads, one line per part (``gateway explain`` shows them too)."""
+    return _parts(rule)
 
 
 def describe_rules(cfg: GatewayConfig) -> list[str]:
