@@ -177,6 +177,13 @@ def make_candidates(args: argparse.Namespace) -> tuple[list[Candidate], dict[str
             ("gw-dpop-quiet", "extra: gw-dpop with access log and metrics off", "dpop-quiet.yaml", 1,
              Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, False),
         )
+    if args.ratelimit:  # issue #18: one Redis-backed limit on the DPoP route, against the same without
+        modes += (
+            ("gw-dpop-redis", "ratelimit pair: gw-dpop, 1 worker, Redis replay store", "dpop-redis.yaml", 1,
+             Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, True),
+            ("gw-dpop-rl", "ratelimit pair: gw-dpop-redis + one Redis-backed limit (client_id)",
+             "dpop-redis-ratelimit.yaml", 1, Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, True),
+        )
     for key, title, conf, workers, pr, clients, many in modes:
         port, admin = free_port(), free_port()
 
@@ -346,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="target 6: this many distinct garbage tokens against gw-dpop, RSS per chunk")
     ap.add_argument("--extras", action="store_true",
                     help="also run the diagnostic candidates (aiohttp-stream, gw-off-quiet, gw-dpop-quiet)")
+    ap.add_argument("--ratelimit", action="store_true",
+                    help="also run gw-dpop-redis and gw-dpop-rl (the cost of a rate limit, RESULTS-ratelimit.md)")
     ap.add_argument("--report-only", action="store_true",
                     help="only re-render RESULTS.md from benchmarks/out/results.json")
     args = ap.parse_args(argv)

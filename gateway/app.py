@@ -140,6 +140,10 @@ def build_pipeline(
                                 proxies) if ov.rate_limits else None
     if limits is not None:
         lifecycles.append(limits)
+        if limits.introspection_budget:  # AS calls per source, counted across replicas
+            for issuer in tokens.issuers.values():
+                if issuer.introspector is not None:
+                    issuer.introspector.call_budget = limits.introspection_call
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
                             source=partial(request_source, trusted_proxies=proxies), limits=limits)
     if ov.tap is not None:  # explain: the same stage objects, each result and refusal recorded

@@ -19,6 +19,7 @@
         payments: {limits: [tpp-burst, tpp-daily], headers: true}
       source_budget:                 # before the expensive steps: refused requests per source
         refused: 20
+        introspection_calls: 50      # and AS calls (introspection cache misses) per source
         window_s: 60
         fail: closed
 
@@ -121,6 +122,10 @@ class SourceBudget(Model):
     the AS at most ``refused`` introspection calls per window (plus the calls already in flight)."""
 
     refused: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    # Introspection calls (RFC 7662, cache misses only) a source may cause per window, across
+    # replicas; beyond, its uncached tokens get 429 without asking the AS. None: not limited here
+    # (the issuer's max_concurrent_per_source and max_inactive_per_source still apply per process).
+    introspection_calls: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     window_s: Annotated[int, Field(ge=1, le=86_400)] = 60
     # Redis unreachable: closed keeps the budget, counted per process; open drops it meanwhile.
     fail: Literal["open", "closed"] = "closed"
@@ -147,6 +152,8 @@ class RateLimitsConfig(Model):
         for n, limit in enumerate(self.limits):
             if limit.id in seen:
                 problems.append(f"limits[{n}].id: duplicate of limits[{seen[limit.id]}].id ({limit.id!r})")
+            if limit.id in ("source_budget", "source_introspection"):
+                problems.append(f"limits[{n}].id: {limit.id} names a per-source budget (metrics, 429 body)")
             seen.setdefault(limit.id, n)
         for k, ref in enumerate(self.default):
             if ref not in seen:

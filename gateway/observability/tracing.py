@@ -14,9 +14,10 @@ This module is imported only when ``observability.tracing.enabled`` is true: wit
 OpenTelemetry package is loaded and the request path is the untraced one, byte for byte (the
 wrappers here replace the stages of a ``GatewayState``; nothing checks a flag per request).
 
-With tracing on, a request whose trace is not sampled costs one non-recording span and one
-context-variable read per stage (every wrapper returns straight to the stage when the current span
-is not recording): benchmarks/TRACING.md has the figures.
+With tracing on and ``sample_ratio`` set, the handler decides before any span exists: a request
+that is not sampled gets no span, a ``traceparent`` (flags 00) for the upstream and one context
+read per stage wrapper (each returns straight to its stage when nothing is being recorded).
+benchmarks/TRACING.md has the figures.
 
 No token material ever goes into a span: attributes are route ids, reason codes, status codes,
 issuer identifiers and the interaction id. The aiohttp client instrumentation can be told by
@@ -35,13 +36,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import Decision as SamplingDecision
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, SamplingResult, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -85,10 +89,34 @@ _PROPAGATOR: Final = TraceContextTextMapPropagator()
 class _Tracing:
     """The process's tracing: one provider, its tracer, how incoming context is treated."""
 
-    def __init__(self, provider: TracerProvider, incoming: str) -> None:
+    def __init__(self, provider: TracerProvider, incoming: str, ratio: float | None) -> None:
         self.provider = provider
         self.tracer: Tracer = provider.get_tracer("gateway", _version())
         self.incoming = incoming
+        # With sample_ratio in the file, a request that starts a trace is sampled here, before any
+        # span exists: an unsampled one then costs a random number, not a span.
+        self.ratio = ratio
+        self.bound = round(ratio * (1 << 64)) if ratio is not None else None
+
+
+class _HeadSampled(Sampler):
+    """Root spans with ``sample_ratio`` set: a request's SERVER span is started only for a request
+    the handler chose to sample, so it is recorded; any other root (a JWKS refresh, an AS call made
+    outside a sampled request) is sampled at the ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, kind: SpanKind | None = None,
+        attributes: Any = None, links: Any = None, trace_state: Any = None,
+    ) -> SamplingResult:
+        if kind == SpanKind.SERVER:
+            return SamplingResult(SamplingDecision.RECORD_AND_SAMPLE, attributes)
+        return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"GatewayHeadSampled{{{self._ratio.get_description()}}}"
 
 
 _ACTIVE: _Tracing | None = None
@@ -125,8 +153,10 @@ def setup_tracing(
     name = cfg.service_name or os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
     # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES; the attributes given here win.
     resource = Resource.create({SERVICE_NAME: name, SERVICE_VERSION: _version()})
-    # None: the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, all).
-    sampler = ParentBased(TraceIdRatioBased(cfg.sample_ratio)) if cfg.sample_ratio is not None else None
+    # sample_ratio set: new traces are sampled by the request handler (TracedGatewayHandler), other
+    # roots at the ratio; a caller's decision still rules (ParentBased). Unset: the SDK's sampler
+    # from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, all).
+    sampler = ParentBased(_HeadSampled(cfg.sample_ratio)) if cfg.sample_ratio is not None else None
     provider = TracerProvider(resource=resource, sampler=sampler)
     if processor is None:
         if exporter is None:
@@ -141,7 +171,11 @@ def setup_tracing(
             processor = SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
     _instrument_aiohttp_client(provider)
-    _ACTIVE = _Tracing(provider, cfg.incoming_context)
+    _ACTIVE = _Tracing(provider, cfg.incoming_context, cfg.sample_ratio)
+    if cfg.incoming_context == "any":
+        # A client then picks our trace ids and can have every one of its requests sampled.
+        log.warning("observability.tracing.incoming_context: any: any client's traceparent is continued, "
+                    "sampling decision included")
     log.info("tracing on: service %s, sampling %s", name,
              f"{cfg.sample_ratio:g} (parent-based)" if cfg.sample_ratio is not None
              else os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on"))
@@ -320,6 +354,10 @@ class _TracedClientCerts:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def upstream_header(self, peer: PeerCertificate | None) -> tuple[str, str] | None:
+        # Every forwarded request asks: a plain method, not the __getattr__ fallback.
+        return self._inner.upstream_header(peer)  # type: ignore[no-any-return]
+
     def peer_certificate(self, request: web.BaseRequest, *, authenticates: bool = True) -> PeerCertificate | None:
         if not _recording():
             return self._inner.peer_certificate(request, authenticates=authenticates)  # type: ignore[no-any-return]
@@ -348,8 +386,15 @@ class _TracedForwarder:
         # The client's trace state describes the client's trace, not ours.
         headers.popall("traceparent", None)
         headers.popall("tracestate", None)
-        if not _recording():
-            _PROPAGATOR.inject(headers)
+        current = trace.get_current_span()
+        if not current.is_recording():
+            # Written directly (the unsampled path is the hot one): the caller's unsampled context,
+            # or, for a trace the handler chose not to sample (no span at all), fresh ids, flags 00.
+            ctx = current.get_span_context()
+            headers["traceparent"] = (
+                f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}" if ctx.is_valid
+                else f"00-{getrandbits(128) or 1:032x}-{getrandbits(64) or 1:016x}-00"
+            )
             return await self._inner.forward(request, upstream, headers, **kwargs)  # type: ignore[no-any-return]
         with _span(self._t, "upstream", SpanKind.CLIENT) as span:
             span.set_attribute("http.request.method", request.method)
@@ -434,21 +479,27 @@ class TracedGatewayHandler(_handler_base()):  # type: ignore[misc]
             or (active.incoming == "trusted_proxies" and self.holder.current.is_trusted(request.remote))
         ):
             parent = _PROPAGATOR.extract(headers)
-        path = request.path
-        with active.tracer.start_as_current_span(
-            request.method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-            attributes={
+        bound = active.bound
+        if parent is None and bound is not None and getrandbits(64) >= bound:
+            # Not sampled: no span at all (the upstream still gets a traceparent: _TracedForwarder).
+            return await super().__call__(request)  # type: ignore[no-any-return]
+        # start_span + attach rather than start_as_current_span: the context-manager machinery
+        # costs more than the span itself.
+        span = active.tracer.start_span(request.method, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            path = request.path
+            span.set_attributes({
                 "http.request.method": request.method,
                 "url.path": path if len(path) <= _MAX_PATH else path[:_MAX_PATH],
                 "url.scheme": "https" if request.secure else "http",
                 "gateway.mode": "proxy",
-            },
-        ):
+            })
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             return await super().__call__(request)  # type: ignore[no-any-return]
+        finally:
+            otel_context.detach(token)
+            span.end()
 
 
 def traced_handler(handler: GatewayHandler) -> GatewayHandler:

@@ -65,6 +65,7 @@ Recorder = Callable[[str, str], None]
 # Sources blocked at once in one process; beyond, the soonest to expire are forgotten first.
 _BLOCKED_SOURCES = 10_000
 SOURCE_BUDGET_ID = "source_budget"
+INTROSPECTION_BUDGET_ID = "source_introspection"
 _KEY_CACHE = 50_000
 
 
@@ -120,10 +121,21 @@ class RateLimiter:
         if budget is not None:
             self._budget = LimitConfig(id=SOURCE_BUDGET_ID, key=("source_ip",), quota=budget.refused,
                                        window_s=budget.window_s, fail=budget.fail)
-        # source -> (monotonic) end of its block; expires by itself.
+        self._calls: LimitConfig | None = None
+        if budget is not None and budget.introspection_calls is not None:
+            self._calls = LimitConfig(id=INTROSPECTION_BUDGET_ID, key=("source_ip",), quota=budget.introspection_calls,
+                                      window_s=budget.window_s, fail=budget.fail)
+        # source -> (monotonic) end of its block; expires by itself. One map per budget.
         self._blocked: TLRUCache[str, float] = TLRUCache(
             maxsize=_BLOCKED_SOURCES, ttu=lambda _k, until, _now: until, timer=clock
         )
+        self._calls_blocked: TLRUCache[str, float] = TLRUCache(
+            maxsize=_BLOCKED_SOURCES, ttu=lambda _k, until, _now: until, timer=clock
+        )
+
+    @property
+    def introspection_budget(self) -> bool:
+        return self._calls is not None
 
     async def start(self) -> None:
         await self.store.start()
@@ -152,18 +164,41 @@ class RateLimiter:
         # normal step of the DPoP protocol (RFC 9449 §8).
         if isinstance(exc, MissingCredentialsError | UseDpopNonceError):
             return
+        await self._spend(budget, source, self._blocked)
+
+    async def introspection_call(self, source: str | None) -> None:
+        """Before an introspection call (a cache miss) for ``source``: refuse it (429, no AS call)
+        when the source's budget of calls is spent, else count it. Wired into each issuer's
+        ``verify.introspection.Introspector`` by ``gateway.app.build_pipeline``."""
+        calls = self._calls
+        if source is None or calls is None:
+            return
+        until = self._calls_blocked.get(source)
+        if until is None:
+            await self._spend(calls, source, self._calls_blocked, before=True)
+            until = self._calls_blocked.get(source)
+        if until is not None:
+            self._record(INTROSPECTION_BUDGET_ID, "limited")
+            raise self._refusal(calls, max(0.0, until - self._clock()),
+                                "too many token checks from this client; retry later", reason="source_introspection")
+
+    async def _spend(
+        self, budget: LimitConfig, source: str, blocked: TLRUCache[str, float], *, before: bool = False
+    ) -> None:
+        """One unit of ``budget`` for ``source``; the source is blocked here once it is spent.
+        ``before``: the unit is for something about to happen, so only a refused unit blocks."""
         key, tag = storage_key(self._prefix, budget, (source,))
         check = (Check(budget, key, tag),)
         try:
             outcome = (await self.store.apply(check))[0]
         except LimitStoreUnavailableError:
             if budget.fail == "open":
-                self._record(SOURCE_BUDGET_ID, "fail_open")
+                self._record(budget.id, "fail_open")
                 return
-            self._record(SOURCE_BUDGET_ID, "fail_closed")
+            self._record(budget.id, "fail_closed")
             outcome = self.fallback.apply_sync(check)[0]  # still bounded: per process meanwhile
-        if not outcome.allowed or outcome.remaining == 0:
-            self._blocked[source] = self._clock() + max(outcome.reset_s, 0.001)
+        if not outcome.allowed or (outcome.remaining == 0 and not before):
+            blocked[source] = self._clock() + max(outcome.reset_s, 0.001)
 
     # --- after the decision: identity limits --------------------------------------------------
 
@@ -324,7 +359,11 @@ class Ride:
     """One request's limits riding on its DPoP replay check: ``arm`` (once the token is verified)
     makes ``RedisReplayStore.first_use`` send the ``SET NX`` and the limits as ONE script on its
     pipelined connection; a replay consumes nothing. Not armed, or the replay check never ran (a
-    refused proof, an in-memory or cluster replay store): ``check`` makes its own call."""
+    refused proof, an in-memory or cluster replay store): ``check`` makes its own call.
+
+    Handed over in a context variable (``bind.replay.REPLAY_RIDER``), set only around the binding
+    step, rather than as a parameter through ``Binder.check`` and ``DpopVerifier.verify``: the
+    binding stage's interfaces stay as they are, and only the Redis store knows about it."""
 
     __slots__ = ("checks", "limiter", "outcomes", "plan", "req", "route_id")
 

@@ -9,7 +9,7 @@ round trip on a DPoP route). Here every limit a request is subject to is checked
 the replay store's pipelined connection (``bind.redis_client``), with the server's clock
 (``TIME``), so replicas with skewed clocks still agree.
 
-Keys are ``<prefix>{<tag>}:<limit id>``: the tag is a hash of the key's parts, so the limits of
+Keys are ``<prefix>{<tag>}:<limit id>:<g|w>``: the tag is a hash of the key's parts, so the limits of
 one request that share a key (a per-second burst and a daily quota on ``client_id``) share a
 cluster slot and one script call; in cluster mode, limits with different keys go as one call per tag.
 
@@ -71,7 +71,10 @@ def storage_key(prefix: bytes, limit: LimitConfig, parts: Sequence[str]) -> tupl
     """(key, tag) for ``limit`` and the values of its key parts."""
     raw = "\x00".join(f"{name}={value}" for name, value in zip(limit.key, parts, strict=True))
     tag = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:20].encode()
-    return prefix + b"{" + tag + b"}:" + limit.id.encode(), tag
+    # The algorithm is part of the name: a limit reloaded as the other kind starts afresh instead
+    # of meeting a value of the wrong type (a window's hash lives up to a day).
+    kind = b":w" if limit.quota is not None else b":g"
+    return prefix + b"{" + tag + b"}:" + limit.id.encode() + kind, tag
 
 
 def limit_args(limit: LimitConfig) -> tuple[bytes, bytes, bytes]:
@@ -212,6 +215,7 @@ class RedisLimitStore:
         self._pipelined = pipelined
         self._owns = pipelined is None
         self._client: Any = None
+        self._script: Any = None  # redis-py's Script (cluster / sentinel): EVALSHA, EVAL on NOSCRIPT
 
     @property
     def pipelined(self) -> PipelinedRedis | None:
@@ -239,6 +243,7 @@ class RedisLimitStore:
         if pipelined is not None and self._owns:
             await pipelined.close()
         client, self._client = self._client, None
+        self._script = None
         if client is not None:
             await client.aclose()
 
@@ -280,7 +285,9 @@ class RedisLimitStore:
         groups: dict[bytes, list[Check]] = {}
         for c in checks:
             groups.setdefault(c.tag, []).append(c)
-        script = self._client.register_script(LIMIT_SCRIPT)
+        script = self._script
+        if script is None:
+            script = self._script = self._client.register_script(LIMIT_SCRIPT)
 
         async def one(group: list[Check]) -> Any:
             args: list[bytes] = [b"p" if peek else b"c"]

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import quote_plus
 
@@ -98,6 +98,8 @@ class Introspector:
             with open(auth.private_key, "rb") as fh:
                 self._signing_key = load_pem_private_key(fh.read(), password=None)
         self.call_count = 0  # introspection requests sent (for tests and metrics)
+        # Set by gateway.app.build_pipeline with rate_limits.source_budget.introspection_calls.
+        self.call_budget: Callable[[str | None], Awaitable[None]] | None = None
 
     def _positive_until(self, _key: bytes, value: VerifiedToken, now: float) -> float:
         return min(now + self._icfg.cache_ttl_s, value.expires_at)
@@ -117,6 +119,11 @@ class Introspector:
         if negative:
             raise InvalidTokenError("the access token is not active", reason="token_inactive")
         task = self._inflight.get(digest)
+        if task is None and self.call_budget is not None:
+            # rate_limits.source_budget.introspection_calls: shared by replicas (429 when spent).
+            self._scans.check(source)
+            await self.call_budget(source)
+            task = self._inflight.get(digest)  # another request may have started it meanwhile
         if task is None:
             # A new call counts against its source until it ends; joining one in flight is free.
             self._scans.check(source)

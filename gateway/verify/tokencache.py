@@ -40,6 +40,11 @@ class TtuCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: object) -> bool:
+        # A live entry (tracing's cache-hit attribute asks); read only, as ``in`` should be.
+        hit = self._data.get(key)  # type: ignore[arg-type]
+        return hit is not None and hit[0] > self._timer()
+
     def get(self, key: K) -> V | None:
         hit = self._data.get(key)
         if hit is None:

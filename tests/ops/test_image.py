@@ -87,7 +87,8 @@ def test_locks_cover_pyproject() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     wanted = {
-        "requirements.txt": [*project["dependencies"], *extras["uvloop"], *extras["redis"], *extras["decision"]],
+        "requirements.txt": [*project["dependencies"], *extras["uvloop"], *extras["redis"], *extras["decision"],
+                             *extras["otel"]],
         "requirements-dev.txt": [*project["dependencies"], *extras["dev"]],
     }
     for lock, reqs in wanted.items():

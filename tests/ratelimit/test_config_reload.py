@@ -33,6 +33,7 @@ rate_limits:
     ("default: [nope]", "default[0]: no limit with id 'nope'"),
     ("routes: {nosuch: {limits: []}}", "rate_limits.routes.nosuch: no route with that id"),
     ("limits: [{id: a, key: client_id, rate: 1, fail: maybe}]", "rate_limits.limits[0].fail"),
+    ("limits: [{id: source_budget, key: client_id, rate: 1}]", "source_budget names a per-source budget"),
 ])
 def test_bad_rate_limits_name_the_field(pki: Any, as_key: AsKey, section: str, message: str) -> None:
     text = gateway_yaml(pki, config_body(as_key, "http://127.0.0.1:1")) + f"rate_limits:\n  {section}\n"

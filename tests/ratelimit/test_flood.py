@@ -86,3 +86,31 @@ async def test_garbage_flood_costs_the_as_at_most_the_budget(
     assert await call(a.port, pki, good, cert=pki.client_a) == 200
     metrics = a.metrics.render().decode() + b.metrics.render().decode()
     assert 'gateway_rate_limit_decisions_total{limit="source_budget",outcome="limited"}' in metrics
+
+
+async def test_introspection_calls_per_source_are_bounded_across_replicas(
+    gateway: GatewayFactory, auth_server: AuthServer, pki: Pki, upstream: Upstream,  # noqa: F811
+    redis_url: str, redis_key_prefix: str,
+) -> None:
+    """Even tokens the AS says are active cost calls: at most ``introspection_calls`` per source and
+    window, across replicas; cached tokens still pass, other sources are untouched."""
+    prefix = f"{redis_key_prefix}calls:{uuid.uuid4().hex[:6]}:"
+    cfg = body(auth_server, pki, upstream, redis_url, prefix).replace(
+        f"source_budget: {{refused: {BUDGET}, window_s: 300}}",
+        "source_budget: {refused: 1000, introspection_calls: 3, window_s: 300}")
+    a = await gateway(cfg)
+    b = await gateway(cfg)
+    tokens = []
+    for _ in range(8):
+        tok = "valid-" + uuid.uuid4().hex
+        auth_server.tokens[tok] = {"active": True, "aud": AUD, "scope": "accounts", "client_id": "tpp-1",
+                                   "exp": int(auth_server.clock()) + 300}
+        tokens.append(tok)
+    statuses = [await call((a, b)[n % 2].port, pki, tok) for n, tok in enumerate(tokens[:6])]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    assert auth_server.introspection_calls == 3
+    assert await call(a.port, pki, tokens[0]) == 200  # cached at a: no call needed
+    assert await call(b.port, pki, tokens[7], cert=pki.client_a) == 200  # another source
+    assert auth_server.introspection_calls == 4
+    assert 'gateway_rate_limit_decisions_total{limit="source_introspection",outcome="limited"}' in (
+        a.metrics.render().decode() + b.metrics.render().decode())

@@ -108,3 +108,12 @@ async def test_cluster_one_script_per_key_tag() -> None:
             assert [o.allowed for o in await store.apply(c[2:])] == [False]
         finally:
             await store.close()
+
+
+async def test_a_limit_reloaded_as_the_other_kind_starts_afresh(redis_store: RedisLimitStore) -> None:
+    """Same id, GCRA then fixed window (a reload): not a WRONGTYPE error for a day, a new bucket."""
+    as_rate = burst(rate=1, burst=1, per_s=100, lid="same")
+    as_quota = daily(quota=2, lid="same")
+    assert [o.allowed for o in await redis_store.apply(checks(redis_store.prefix, "tpp-1", as_quota))] == [True]
+    assert [o.allowed for o in await redis_store.apply(checks(redis_store.prefix, "tpp-1", as_rate))] == [True]
+    assert [o.allowed for o in await redis_store.apply(checks(redis_store.prefix, "tpp-1", as_quota))] == [True]

@@ -91,7 +91,9 @@ def test_environment_fills_what_the_file_leaves_unset(monkeypatch: pytest.Monkey
                                          exporter=InMemorySpanExporter())
         assert provider is not None
         assert provider.resource.attributes["service.name"] == "gw"
-        assert "0.5" in provider.sampler.get_description()
+        active = tracing._ACTIVE
+        assert active is not None and active.ratio == 0.5 and active.bound == 1 << 63
+        assert "0.5" in provider.sampler.get_description()  # other roots (JWKS refreshes): the same ratio
     finally:
         tracing.shutdown_tracing()
     assert tracing.tracer() is None

@@ -236,10 +236,17 @@ async def test_unsampled_requests_record_nothing_but_still_propagate(
     auth_server, _ = traced_as
     gw = await gateway(body(auth_server, pki, upstream, ", sample_ratio: 0.0"))
     token = auth_server.token()
-    spans.clear()  # JWKS fetches at start-up are their own (unsampled) traces
+    opaque = "opaque-token-unsampled-1"
+    auth_server.tokens[opaque] = {"active": True, "iss": auth_server.issuer, "aud": AUD, "client_id": "tpp-1",
+                                  "sub": "cust-123", "exp": int(auth_server.clock()) + 300, "scope": "accounts"}
+    # Nothing sampled, the JWKS fetches at start-up included (other roots are sampled at the ratio).
+    assert spans.get_finished_spans() == ()
     for _ in range(3):
         status, _ = await get(gw.port, "/plain/x", pki, {"Authorization": f"Bearer {token}"})
         assert status == 200
+    # An unsampled request that calls the AS: that call is no trace of its own either.
+    status, _ = await get(gw.port, "/plain/y", pki, {"Authorization": f"Bearer {opaque}"})
+    assert status == 200
     assert spans.get_finished_spans() == ()
     sent = traceparent(upstream.last.headers)
     # Not sampled, and the upstream is told so (flags: the sampled bit clear).
