@@ -136,8 +136,19 @@ def _bounded_put(cache: dict[Any, Any], key: object, value: object, limit: int) 
     cache[key] = value
 
 
+# Longer request values (paths, headers up to the listener's 8 KiB) are checked uncached: a cache
+# of 8192 entries must not be able to hold 8192 such values per process.
+_MAX_KEY_TEXT = 256
+
+
+def _short_values(values: tuple[object, ...]) -> bool:
+    return all(not isinstance(v, str) or len(v) <= _MAX_KEY_TEXT for v in values)
+
+
 def _rar_grants(check: RarCheck, token: VerifiedToken, req: AuthRequest) -> bool:
     expected = expected_values(check, req)
+    if not _short_values(expected):
+        return grants(token.claims.get("authorization_details"), check, expected)
     key = (id(token), id(check), expected)
     hit = _rar_results.get(key)
     if hit is not None and hit[0] is token and hit[1] is check:
@@ -152,7 +163,7 @@ def _evaluate(
     body: object,
 ) -> bool:
     key: tuple[object, ...] | None = None
-    if compiled.cacheable:
+    if compiled.cacheable and len(req.path) <= _MAX_KEY_TEXT:
         # Everything the variables can hold besides the token (client: the binding thumbprint
         # and the certificate; the token gives client_id and jkt).
         cert = req.peer_cert.x5t_s256 if req.peer_cert is not None else None

@@ -387,3 +387,16 @@ def test_property_any_token_or_body_is_allowed_or_refused_never_an_error(details
         run(cfg, token(details), req("POST"), body)
     except InsufficientAuthorizationDetailsError as exc:
         assert exc.reason in ("authz_rar", "authz_amount")
+
+
+def test_long_request_values_are_checked_but_not_cached() -> None:
+    from gateway.authz import stage
+
+    long_id = "c-" + "x" * 300
+    cfg = authz({"rules": [{"id": "fields", "authorization_details": {"types": ["account_information"], "fields": [
+        {"field": "consentId", "header": "x-consent-id"}]}}]})
+    tok = token([{**ACCOUNT, "consentId": long_id}])
+    before = len(stage._rar_results)
+    run(cfg, tok, req(headers={"x-consent-id": long_id}))
+    refused(cfg, tok, req(headers={"x-consent-id": long_id + "y"}))
+    assert not any(long_id in str(key) for key in stage._rar_results) and len(stage._rar_results) == before
