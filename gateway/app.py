@@ -147,9 +147,11 @@ def build_pipeline(
     pipeline = AuthPipeline(extract=extract_credentials, tokens=tokens, binder=binder, policy=check_policy,
                             source=partial(request_source, trusted_proxies=proxies), limits=limits)
     if ov.tap is not None:  # explain: the same stage objects, each result and refusal recorded
+        from .authz import authz_step
         pipeline = AuthPipeline(extract=ov.tap("credentials", extract_credentials), tokens=ov.tap("token", tokens),
                                 binder=ov.tap("binding", binder), policy=ov.tap("policy", check_policy),
-                                source=partial(request_source, trusted_proxies=proxies), limits=limits)
+                                source=partial(request_source, trusted_proxies=proxies), limits=limits,
+                                authz=ov.tap("authz", authz_step))  # issue #16
     from .report import WOULD_REFUSE_HEADER, report_only  # issue #19: report-only routes
 
     pipeline, reporting = report_only(cfg, pipeline, metrics.would_refuse)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import InsufficientScopeError, OAuthError, Scheme, UseDpopNonceError
+from .errors import InsufficientAuthorizationError, InsufficientScopeError, OAuthError, Scheme, UseDpopNonceError
 
 __all__ = ("ChallengeSettings", "render_challenges", "safe_param")
 
@@ -37,8 +37,13 @@ class ChallengeSettings:
     include_description: bool = True
 
 
+# authorization_remediation (draft-zehavi-oauth-rar-metadata-06) is base64url JSON, bounded by
+# gateway.authz.stage; cut at 200 it would no longer decode.
+_LONG_PARAMS = {"authorization_remediation": 4096}
+
+
 def _challenge(scheme: Scheme, params: Iterable[tuple[str, str]]) -> str:
-    rendered = ", ".join(f'{k}="{safe_param(v)}"' for k, v in params)
+    rendered = ", ".join(f'{k}="{safe_param(v, _LONG_PARAMS.get(k, _MAX_DESCRIPTION))}"' for k, v in params)
     return f"{scheme} {rendered}" if rendered else scheme
 
 
@@ -65,6 +70,8 @@ def render_challenges(error: OAuthError | None, settings: ChallengeSettings) -> 
                 params.append(("error_description", error.description))
             if isinstance(error, InsufficientScopeError) and error.scope:
                 params.append(("scope", error.scope))
+            if isinstance(error, InsufficientAuthorizationError) and error.remediation:
+                params.append(("authorization_remediation", error.remediation))
         if scheme == "DPoP" and settings.dpop_algs:
             params.append(("algs", " ".join(settings.dpop_algs)))
         parts.append(_challenge(scheme, params))

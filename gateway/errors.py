@@ -12,6 +12,7 @@ access log's ``reason`` field). ``gateway.challenge`` is the only code that turn
     │   ├── InvalidTokenError             401 invalid_token (also binding failures, RFC 8705 §3)
     │   ├── InsufficientScopeError        403 insufficient_scope (+ scope)
     │   ├── InsufficientAuthorizationDetailsError 403 insufficient_authorization_details (authz rules)
+    │   ├── InsufficientAuthorizationError 401 insufficient_authorization (+ authorization_remediation)
     │   ├── InvalidDpopProofError         401 invalid_dpop_proof (RFC 9449 §7.1)
     │   └── UseDpopNonceError             401 use_dpop_nonce (+ DPoP-Nonce, RFC 9449 §9)
     ├── DependencyError                   never blames the client; fail closed
@@ -67,6 +68,7 @@ __all__ = (
     "HeaderRefusedError",
     "HttpSignatureError",
     "InsufficientAuthorizationDetailsError",
+    "InsufficientAuthorizationError",
     "InsufficientScopeError",
     "IntrospectionBusyError",
     "IntrospectionUnavailableError",
@@ -174,6 +176,24 @@ class InsufficientAuthorizationDetailsError(OAuthError):
     status = 403
     error = "insufficient_authorization_details"
     default_reason = "insufficient_authorization_details"
+
+
+class InsufficientAuthorizationError(OAuthError):
+    """The same refusal as draft-zehavi-oauth-rar-metadata-05/-06 signal it (route option
+    ``authz.error: insufficient_authorization``): 401 ``insufficient_authorization`` with an
+    ``authorization_remediation`` parameter, base64url JSON of the authorization details a new
+    token needs (built from the rule and the request, never from the token)."""
+
+    status = 401
+    error = "insufficient_authorization"
+    default_reason = "insufficient_authorization"
+
+    def __init__(
+        self, description: str = "", *, remediation: str = "", reason: str | None = None,
+        scheme: Scheme | None = None,
+    ) -> None:
+        super().__init__(description, reason=reason, scheme=scheme)
+        self.remediation = remediation
 
 
 class InvalidDpopProofError(OAuthError):

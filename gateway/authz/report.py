@@ -7,10 +7,42 @@ for and what it compares, so an operator can see the policy as the gateway will 
 
 from __future__ import annotations
 
-from ..config import AuthPolicy, GatewayConfig
-from ..config.authz import AuthzRule
+from typing import Any
 
-__all__ = ("describe_rules",)
+from ..config import AuthPolicy, GatewayConfig, RouteConfig
+from ..config.authz import AuthzRule
+from ..config.paths import template_params
+
+__all__ = ("describe_rules", "rule_summary")
+
+
+_SAMPLE_PARAM = {"str": "x", "int": 1, "uuid": "00000000-0000-0000-0000-000000000000"}
+
+
+def _type_problem(rule: AuthzRule, route: RouteConfig) -> str | None:
+    """Evaluate the expression once on values of the variables' declared types (the token with its
+    typed fields and an empty authorization_details): a CEL type error (``TypeError``: an operator
+    or function applied to the wrong types, e.g. ``request.method + 1``) is reported. A missing
+    field or index is not: real tokens and bodies have them."""
+    compiled = rule.compiled
+    if compiled is None:
+        return None
+    template = route.match.path or route.match.path_prefix or ""
+    params = {name: _SAMPLE_PARAM[kind] for name, kind in template_params(template).items()}
+    sample: dict[str, Any] = {
+        "token": {"iss": "https://as.example", "sub": "s", "client_id": "c", "aud": ["a"], "scope": ["s"],
+                  "authorization_details": []},
+        "request": {"method": "GET", "path": template, "params": params, "headers": {}, "query": {}, "body": {}},
+        "client": {"client_id": "c", "cert_thumbprint": "", "jkt": ""},
+        "route": {"id": route.id},
+    }
+    try:
+        compiled.program.execute(sample)
+    except TypeError as exc:
+        return str(exc).split(". ")[0]
+    except Exception:  # anything else depends on real token or body contents
+        return None
+    return None
 
 
 def _parts(rule: AuthzRule) -> list[str]:
@@ -41,6 +73,11 @@ def _parts(rule: AuthzRule) -> list[str]:
     return out
 
 
+def rule_summary(rule: AuthzRule) -> list[str]:
+    """What a rule compares and reads, one line per part (``gateway explain`` shows them too)."""
+    return _parts(rule)
+
+
 def describe_rules(cfg: GatewayConfig) -> list[str]:
     lines: list[str] = []
     for route in cfg.routes:
@@ -55,6 +92,9 @@ def describe_rules(cfg: GatewayConfig) -> list[str]:
             methods = ",".join(rule.methods) or ",".join(m.methods) or "every method"
             lines.append(f"    rule {rule.id} [{methods}] -> reason authz_{rule.id}")
             lines.extend(f"      {part}" for part in _parts(rule))
+            problem = _type_problem(rule, route)
+            if problem is not None:
+                lines.append(f"      WARNING: type error on typed sample values: {problem}")
     if lines:
         lines.insert(0, "authz rules:")
     return lines

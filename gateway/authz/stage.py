@@ -4,35 +4,85 @@ for the route, check that this request is inside what the token grants (issue #1
 Each rule of ``auth.authz`` that applies to the method runs in order: its
 ``authorization_details`` check (``rar``), its consent binding (``consent``), its expression
 (``cel``); the first failing rule refuses with 403, by default ``insufficient_authorization_details``
-(draft-zehavi-oauth-rar-metadata §5; RFC 9396 itself defines no resource-server error), or
-``insufficient_scope`` (RFC 6750 §3.1) when the route says so. The description names the rule id,
-never a token value; the reason code ``authz_<rule id>`` goes to metrics and the access log.
+(draft-zehavi-oauth-rar-metadata up to -04; RFC 9396 itself defines no resource-server error),
+``insufficient_scope`` (RFC 6750 §3.1), or the draft's current signalling (-05/-06: 401
+``insufficient_authorization`` with ``authorization_remediation``) when the route says so. The
+description names the rule id, never a token value; the reason code ``authz_<rule id>`` goes to
+metrics and the access log.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..config.authz import AuthzConfig, AuthzRule, RarCheck
-from ..errors import InsufficientAuthorizationDetailsError, InsufficientScopeError, OAuthError
-from ..model import AuthRequest, Decision, VerifiedToken
+from ..errors import (
+    InsufficientAuthorizationDetailsError,
+    InsufficientAuthorizationError,
+    InsufficientScopeError,
+    OAuthError,
+)
+from ..model import AuthRequest, Decision, VerifiedToken, b64url
 from .cel import CompiledExpression, new_context
 from .consent import consent_bound
 from .rar import expected_values, grants
+from .refs import ref_value
 
-__all__ = ("authz_step", "check_authz", "refusal")
+__all__ = ("authz_step", "check_authz", "refusal", "remediation_for")
 
 # Absent: the request has no body or the route does not inspect it.
 NO_BODY: Any = None
 
 
-def refusal(authz: AuthzConfig, rule: AuthzRule) -> OAuthError:
+def refusal(authz: AuthzConfig, rule: AuthzRule, req: AuthRequest | None = None) -> OAuthError:
     description = f"the request is outside what the access token authorizes (rule {rule.id})"
     reason = f"authz_{rule.id}"
     if authz.error == "insufficient_scope":
         return InsufficientScopeError(description, reason=reason)
+    if authz.error == "insufficient_authorization":
+        remediation = remediation_for(rule, req) if req is not None else ""
+        return InsufficientAuthorizationError(description, remediation=remediation, reason=reason)
     return InsufficientAuthorizationDetailsError(description, reason=reason)
+
+
+# Larger remediations are left out (the header must stay within what proxies and clients accept).
+MAX_REMEDIATION = 2048
+
+
+def remediation_for(rule: AuthzRule, req: AuthRequest) -> str:
+    """draft-zehavi-oauth-rar-metadata-06 §4.1 ``authorization_remediation``: base64url JSON with
+    the ``authorization_details`` a new token needs for this request (from the rule's
+    ``authorization_details`` check and the request's values: never the token's) and an
+    ``authorization_reference`` (a hash of them, stable for equal details). Empty when the rule
+    has no ``authorization_details`` check (a consent or CEL rule says nothing a client can ask
+    for) or a request value is missing."""
+    rar = rule.authorization_details
+    if rar is None:
+        return ""
+    detail: dict[str, Any] = {"type": rar.types[0]}
+    for name, values in (("actions", rar.actions), ("locations", rar.locations), ("datatypes", rar.datatypes)):
+        if values:
+            detail[name] = list(values)
+    keys = (("identifier",) if rar.identifier is not None else ()) + tuple(f.field for f in rar.fields)
+    for key, ref in zip(keys, rar.refs, strict=True):
+        value = ref_value(ref, req)
+        if value is None:
+            return ""
+        *parents, leaf = key.split(".")
+        node = detail
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    details = [detail]
+    canonical = json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    reference = b64url(hashlib.sha256(canonical).digest())[:22]
+    body = json.dumps({"authorization_details": details, "authorization_reference": reference},
+                      separators=(",", ":"), ensure_ascii=False).encode()
+    encoded = b64url(body)
+    return encoded if len(encoded) <= MAX_REMEDIATION else ""
 
 
 async def authz_step(
@@ -56,18 +106,18 @@ def check_authz(
     token = decision.token
     for rule in authz.rules_for(req.method):
         if token is None:
-            raise refusal(authz, rule)  # cannot happen on an auth route; fail closed anyway
+            raise refusal(authz, rule, req)  # cannot happen on an auth route; fail closed anyway
         rar = rule.authorization_details
         if rar is not None and not _rar_grants(rar, token, req):
-            raise refusal(authz, rule)
+            raise refusal(authz, rule, req)
         if rule.consent is not None and not consent_bound(rule.consent, token, req):
-            raise refusal(authz, rule)
+            raise refusal(authz, rule, req)
         compiled = rule.compiled
         if compiled is not None:
             if compiled.uses_body and not isinstance(body, dict):
-                raise refusal(authz, rule)  # body rule without an inspected JSON object body
+                raise refusal(authz, rule, req)  # body rule without an inspected JSON object body
             if not _evaluate(compiled, req, decision, token, route_id, body):
-                raise refusal(authz, rule)
+                raise refusal(authz, rule, req)
 
 
 # Bounded caches (FIFO eviction), keyed by the VerifiedToken object: the verifier hands out the
@@ -86,8 +136,19 @@ def _bounded_put(cache: dict[Any, Any], key: object, value: object, limit: int) 
     cache[key] = value
 
 
+# Longer request values (paths, headers up to the listener's 8 KiB) are checked uncached: a cache
+# of 8192 entries must not be able to hold 8192 such values per process.
+_MAX_KEY_TEXT = 256
+
+
+def _short_values(values: tuple[object, ...]) -> bool:
+    return all(not isinstance(v, str) or len(v) <= _MAX_KEY_TEXT for v in values)
+
+
 def _rar_grants(check: RarCheck, token: VerifiedToken, req: AuthRequest) -> bool:
     expected = expected_values(check, req)
+    if not _short_values(expected):
+        return grants(token.claims.get("authorization_details"), check, expected)
     key = (id(token), id(check), expected)
     hit = _rar_results.get(key)
     if hit is not None and hit[0] is token and hit[1] is check:
@@ -102,7 +163,7 @@ def _evaluate(
     body: object,
 ) -> bool:
     key: tuple[object, ...] | None = None
-    if compiled.cacheable:
+    if compiled.cacheable and len(req.path) <= _MAX_KEY_TEXT:
         # Everything the variables can hold besides the token (client: the binding thumbprint
         # and the certificate; the token gives client_id and jkt).
         cert = req.peer_cert.x5t_s256 if req.peer_cert is not None else None
@@ -110,15 +171,18 @@ def _evaluate(
         hit = _results.get(key)
         if hit is not None and hit[0] is token and hit[1] is compiled:
             return hit[2]
-    ctx_key = (id(token), id(compiled))
-    entry = _contexts.get(ctx_key)
-    if entry is None or entry[0] is not token or entry[1] is not compiled:
-        entry = (token, compiled, new_context(_token_variable(token), compiled.token_names))
-        _bounded_put(_contexts, ctx_key, entry, _MAX_CONTEXTS)
-    ctx = entry[2]
-    # Set and evaluated with no await in between: no other request can see these values.
-    for name, value in _request_variables(compiled, req, decision, route_id, body).items():
-        ctx.add_variable(name, value)
+    try:
+        ctx_key = (id(token), id(compiled))
+        entry = _contexts.get(ctx_key)
+        if entry is None or entry[0] is not token or entry[1] is not compiled:
+            entry = (token, compiled, new_context(_token_variable(token), compiled.token_names))
+            _bounded_put(_contexts, ctx_key, entry, _MAX_CONTEXTS)
+        ctx = entry[2]
+        # Set and evaluated with no await in between: no other request can see these values.
+        for name, value in _request_variables(compiled, req, decision, route_id, body).items():
+            ctx.add_variable(name, value)
+    except Exception:  # a value the library cannot convert: refused like any evaluation error
+        return False
     result = compiled.allows(ctx)
     if key is not None:
         _bounded_put(_results, key, (token, compiled, result), _MAX_RESULTS)

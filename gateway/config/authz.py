@@ -6,7 +6,9 @@ request with 403 and names the rule (``reason: authz_<id>`` in metrics and the a
     auth:
       ...
       authz:
-        error: insufficient_authorization_details   # or insufficient_scope (RFC 6750 clients)
+        error: insufficient_authorization_details   # or insufficient_scope (RFC 6750 clients), or
+                                                    # insufficient_authorization (draft -06: 401 +
+                                                    # authorization_remediation)
         rules:
           - id: account_access
             methods: [GET]                          # default: every method of the route
@@ -186,9 +188,13 @@ class BodyInspection(Model):
 
 
 class AuthzConfig(Model):
-    # draft-zehavi-oauth-rar-metadata: 403 insufficient_authorization_details; insufficient_scope
-    # (RFC 6750 §3.1) for clients that only know RFC 6750.
-    error: Literal["insufficient_authorization_details", "insufficient_scope"] = "insufficient_authorization_details"
+    # draft-zehavi-oauth-rar-metadata-04 (the one issue #16 names): 403
+    # insufficient_authorization_details. insufficient_scope: RFC 6750 §3.1, for clients that only
+    # know RFC 6750. insufficient_authorization: the draft since -05, 401 with
+    # authorization_remediation (the details to ask for, from the rule and the request).
+    error: Literal["insufficient_authorization_details", "insufficient_scope", "insufficient_authorization"] = (
+        "insufficient_authorization_details"
+    )
     rules: Annotated[tuple[AuthzRule, ...], Field(min_length=1, max_length=64)]
     body: BodyInspection | None = None
 

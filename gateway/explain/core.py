@@ -47,7 +47,15 @@ from ..observability.metrics import Metrics
 from ..proxy import interaction_id
 from ..tls.checks import CertificateChecker, parse_cert_facts
 from .capture import Captured
-from .facts import binding_facts, credential_facts, policy_facts, request_facts, route_facts, token_facts
+from .facts import (
+    authz_facts,
+    binding_facts,
+    credential_facts,
+    policy_facts,
+    request_facts,
+    route_facts,
+    token_facts,
+)
 
 __all__ = ("Explanation", "Step", "explain", "offline_config")
 
@@ -115,6 +123,10 @@ class _Tap:
                 out: Decision = tap._sync(name, stage, req, token, binding, policy)
                 return out
             return check
+        if name == "authz":
+            async def authz(req: AuthRequest, decision: Decision, cfg: Any, route_id: str, body: object = None) -> None:
+                await tap._async(name, stage(req, decision, cfg, route_id, body))
+            return authz
         if name == "token":
             class Tokens:
                 async def verify(self, token: str, policy: AuthPolicy, *, source: str | None = None) -> VerifiedToken:
@@ -289,6 +301,8 @@ async def _run(
         steps.append(token_facts(cfg, policy, tap.results, now, unavailable))
         steps.append(binding_facts(cfg, policy, tap.results, tap.req, shown_der, now))
         steps.append(policy_facts(policy, tap.results, captured.method))
+        if policy.authz is not None:  # issue #16: RAR, consent and CEL rules after the policy
+            steps.append(authz_facts(policy, tap.results, captured.method))
     elif route_cfg is not None and not isinstance(policy, AuthPolicy):
         steps.append(Step("auth", "pass", "auth: none on this route: no token is required"))
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .capture import Captured
     from .core import Step
 
-__all__ = ("binding_facts", "credential_facts", "policy_facts", "request_facts", "route_facts", "token_facts")
+__all__ = ("authz_facts", "binding_facts", "credential_facts", "policy_facts", "request_facts", "route_facts",
+           "token_facts")
 
 OK, BAD, NOTE = "ok", "MISMATCH", ""
 
@@ -399,4 +400,25 @@ def policy_facts(policy: AuthPolicy, results: dict[str, object], method: str) ->
         value = token.claims.get(claim)
         step.facts.append((f"claim {claim}", f"{_short(json.dumps(value))} vs accepted {list(accepted)}",
                            OK if value in accepted else BAD))
+    return step
+
+
+# --- authz (issue #16) ---------------------------------------------------------------------------
+
+def authz_facts(policy: AuthPolicy, results: dict[str, object], method: str) -> Step:
+    """The route's ``auth.authz`` rules: which apply to the method, and the one that refused."""
+    from ..authz.report import rule_summary
+
+    assert policy.authz is not None
+    result = results.get("authz")
+    if "authz" not in results:
+        step = _step("authz", "skip", "not reached")
+    elif isinstance(result, GatewayError):
+        step = _step("authz", "fail", refusal_text(result))
+    else:
+        step = _step("authz", "pass", "every authz rule for this method holds")
+    failed = result.reason if isinstance(result, GatewayError) else None
+    for rule in policy.authz.rules_for(method):
+        check = BAD if failed == f"authz_{rule.id}" else (OK if "authz" in results and failed is None else NOTE)
+        step.facts.append((f"rule {rule.id}", "; ".join(rule_summary(rule)), check))
     return step

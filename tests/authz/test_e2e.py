@@ -199,3 +199,31 @@ async def test_expect_continue_with_body_inspection(gw: Any, auth_server: AuthSe
     status, _, _ = await call(gw, pki, "POST", "/payments", tok, signer,
                               {"content-type": "application/json", "Expect": "100-continue"}, raw=body)
     assert status == 200 and upstream.last.body_bytes == len(body)
+
+
+async def test_draft_06_signalling_through_the_gateway(gateway: GatewayFactory, auth_server: AuthServer, pki: Pki,
+                                                       upstream: Upstream) -> None:
+    """authz.error: insufficient_authorization: 401 with the DPoP challenge carrying
+    authorization_remediation (base64url JSON of the details to ask for)."""
+    import base64
+    import re
+
+    text = config(auth_server, pki, upstream).replace(
+        "          authz:\n            rules:\n              - id: account_read",
+        "          authz:\n            error: insufficient_authorization\n            rules:\n"
+        "              - id: account_read", 1)
+    assert "error: insufficient_authorization\n" in text
+    gw = await gateway(text)
+    signer = es256()
+    tok = auth_server.token("ec-1", cnf={"jkt": signer.jkt}, authorization_details=[ACCOUNT],
+                            openbanking_intent_id="intent-1")
+    status, h, _ = await call(gw, pki, "GET", "/accounts/acc-2/balances", tok, signer, {"x-intent-id": "intent-1"})
+    assert status == 401 and not upstream.requests
+    challenge = h["WWW-Authenticate"]
+    assert challenge.startswith("DPoP ") and 'error="insufficient_authorization"' in challenge
+    m = re.search(r'authorization_remediation="([A-Za-z0-9_-]+)"', challenge)
+    assert m is not None
+    raw = m.group(1)
+    got = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    assert got["authorization_details"][0]["identifier"] == "acc-2"
+    assert got["authorization_details"][0]["type"] == "account_information"

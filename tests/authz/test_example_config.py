@@ -74,3 +74,31 @@ def test_readme_worked_examples_are_valid() -> None:
     for text in examples:
         cfg = AuthzConfig.model_validate(yaml.safe_load(text)["authz"])
         assert cfg.rules
+
+
+def test_check_config_reports_cel_type_errors() -> None:
+    from gateway.authz.report import describe_rules
+
+    text = """issuers:
+  - {name: as, issuer: "https://as.bank.example", jwks_uri: "https://as.bank.example/jwks"}
+listen: {external_origin: "https://api.bank.example"}
+routes:
+  - id: accounts
+    match: {path: "/accounts/{n:int}"}
+    upstream: http://127.0.0.1:9
+    auth:
+      issuers: [as]
+      audience: https://api.bank.example
+      scopes: [accounts]
+      authz:
+        rules:
+          - {id: wrong, expression: 'request.method + 1 == 2'}
+          - {id: int_vs_string, expression: 'request.params.n == "1"'}
+          - {id: fine, expression: 'request.params.n == 1 && token.authorization_details.exists(d, d.x == 1)'}
+          - {id: depends_on_token, expression: 'token.authorization_details[0].amount > 1'}
+"""
+    lines = describe_rules(parse_config(text, source="t.yaml"))
+    warnings = [n for n, line in enumerate(lines) if "WARNING: type error" in line]
+    rules = [n for n, line in enumerate(lines) if line.strip().startswith("rule ")]
+    flagged = {lines[max(r for r in rules if r < w)].split()[1] for w in warnings}
+    assert flagged == {"wrong"}, lines

@@ -8,6 +8,8 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.authz import check_authz
@@ -306,3 +308,95 @@ def test_cached_results_are_per_token_path_and_client() -> None:
     by_header = authz({"rules": [{"id": "hdr", "expression": 'request.headers["x-a"] == "1"'}]})
     run(by_header, tok, req(headers={"x-a": "1"}))
     refused(by_header, tok, req(headers={"x-a": "2"}))  # headers: never cached
+
+
+def _remediation(header: str) -> dict[str, Any]:
+    import base64
+    import json
+    import re
+
+    m = re.search(r'authorization_remediation="([A-Za-z0-9_-]+)"', header)
+    assert m is not None, header
+    raw = m.group(1)
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    return decoded
+
+
+def test_draft_06_insufficient_authorization_with_remediation() -> None:
+    """authz.error: insufficient_authorization (draft-zehavi-oauth-rar-metadata-05/-06): 401 and
+    the details to ask for, built from the rule and the request, never from the token."""
+    from gateway.errors import InsufficientAuthorizationError
+
+    cfg = authz({"error": "insufficient_authorization", "rules": [{"id": "account_read", "authorization_details": {
+        "types": ["account_information"], "actions": ["read"], "locations": [AUD], "datatypes": ["balances"],
+        "identifier": {"path": "account_id"}, "fields": [{"field": "consent.id", "header": "x-consent-id"}]}}]})
+    tok = token([{**ACCOUNT, "identifier": "acc-9", "secret": "token-only"}])
+    request = req(params={"account_id": "acc-1"}, headers={"x-consent-id": "c-1"})
+    with pytest.raises(InsufficientAuthorizationError) as info:
+        run(cfg, tok, request)
+    err = info.value
+    assert err.status == 401 and err.reason == "authz_account_read"
+    err.scheme = "DPoP"
+    header = render_challenges(err, ChallengeSettings(schemes=("DPoP",)))
+    assert 'DPoP error="insufficient_authorization"' in header
+    got = _remediation(header)
+    assert got["authorization_details"] == [{
+        "type": "account_information", "actions": ["read"], "locations": [AUD], "datatypes": ["balances"],
+        "identifier": "acc-1", "consent": {"id": "c-1"}}]
+    assert "acc-9" not in header and "token-only" not in json_text(got)
+    # Same request, same details: the same reference (clients match tokens by it).
+    with pytest.raises(InsufficientAuthorizationError) as again:
+        run(cfg, tok, request)
+    assert again.value.remediation == err.remediation and len(got["authorization_reference"]) == 22
+    # A consent or CEL rule has nothing a client could ask for: the error code only.
+    consent = authz({"error": "insufficient_authorization",
+                     "rules": [{"id": "c", "consent": {"claim": "consent_id", "path": "account_id"}}]})
+    with pytest.raises(InsufficientAuthorizationError) as plain:
+        run(consent, tok)
+    assert plain.value.remediation == ""
+
+
+def json_text(value: object) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+ENTRY = st.fixed_dictionaries({"type": st.sampled_from(["payment_initiation", "account_information", 1])},
+                              optional={"actions": JSON, "identifier": JSON, "instructedAmount": JSON,
+                                        "creditorAccount": JSON, "locations": JSON})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(JSON, st.lists(ENTRY, max_size=3)), JSON)
+def test_property_any_token_or_body_is_allowed_or_refused_never_an_error(details: object, body: object) -> None:
+    """Whatever JSON the token's authorization_details and the body hold, the stage either allows or
+    refuses with the route's error: never another exception (which would be a 500)."""
+    cfg = authz({"body": {}, "rules": [
+        {"id": "rar", "authorization_details": {"types": ["payment_initiation", "account_information"],
+                                                "identifier": {"path": "account_id"}}},
+        {"id": "amount", "methods": ["POST"], "expression": PAYMENT_EXPR},
+    ]})
+    try:
+        run(cfg, token(details), req("POST"), body)
+    except InsufficientAuthorizationDetailsError as exc:
+        assert exc.reason in ("authz_rar", "authz_amount")
+
+
+def test_long_request_values_are_checked_but_not_cached() -> None:
+    from gateway.authz import stage
+
+    long_id = "c-" + "x" * 300
+    cfg = authz({"rules": [{"id": "fields", "authorization_details": {"types": ["account_information"], "fields": [
+        {"field": "consentId", "header": "x-consent-id"}]}}]})
+    tok = token([{**ACCOUNT, "consentId": long_id}])
+    before = len(stage._rar_results)
+    run(cfg, tok, req(headers={"x-consent-id": long_id}))
+    refused(cfg, tok, req(headers={"x-consent-id": long_id + "y"}))
+    assert not any(long_id in str(key) for key in stage._rar_results) and len(stage._rar_results) == before
