@@ -188,6 +188,7 @@ class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[m
                  decide: Callable[..., Awaitable[Verdict]] = check) -> None:
         self._holder = holder
         self._decide = decide  # core.check, or its traced wrapper (service.py)
+        self._traced = decide is not check  # then the call's metadata may carry Envoy's trace context
         self._observer = observer
         self._callers = _Callers(cfg)
         self._attribute_cert = cfg.client_cert.source == "attribute"
@@ -205,7 +206,8 @@ class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[m
             verdict = Verdict(False, 400, (("Cache-Control", "no-store"),), b'{"error":"invalid_request"}',
                               reason="decision_bad_check_request")
         else:
-            verdict = await self._decide(state, original, self._observer, remaining_s=context.time_remaining())
+            kw = {"trace_carrier": dict(context.invocation_metadata() or ())} if self._traced else {}
+            verdict = await self._decide(state, original, self._observer, remaining_s=context.time_remaining(), **kw)
         return check_response(verdict)
 
 

@@ -574,10 +574,13 @@ def traced_check(check: DecisionCheck) -> DecisionCheck:
         return check
 
     async def traced(state: GatewayState, original: OriginalRequest, observer: Observer | None = None,
-                     **kw: Any) -> Verdict:
+                     *, trace_carrier: dict[str, str] | None = None, **kw: Any) -> Verdict:
+        # trace_carrier: the gRPC call's metadata, where Envoy puts its own ext_authz span's context;
+        # otherwise the original request's headers carry the caller's (HTTP fronts inject there).
+        carrier = trace_carrier if trace_carrier and "traceparent" in trace_carrier else original.headers
         active = _ACTIVE
         span = None if active is None else _server_span(
-            active, original.headers, original.method, _caller_trusted, original.remote)
+            active, carrier, original.method, _caller_trusted, original.remote)
         if span is None:
             return await check(state, original, observer, **kw)
         if span.is_recording():

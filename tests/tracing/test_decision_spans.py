@@ -37,6 +37,9 @@ ORIGIN = f"https://{ORIGIN_HOST}"
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 CALLER_PARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+ENVOY_TRACE = "a3ce929d0e0e47364bf92f3577b34da6"
+ENVOY_SPAN = "b7ad6b7169203331"
+ENVOY_PARENT = f"00-{ENVOY_TRACE}-{ENVOY_SPAN}-01"
 FRONTS = "decision: {enabled: true, grpc: {host: 127.0.0.1, port: 0}, http: {host: 127.0.0.1, port: 0}}"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,6 +148,18 @@ async def test_a_grpc_check_with_a_certificate_has_a_tls_peer_span(
         for name in ("tls_peer", "credentials", "token_verify", "binding", "policy"):
             assert parent_of(tree[name]) == root.context.span_id, name  # type: ignore[union-attr]
         assert dict(root.attributes or {})["gateway.binding"] == "mtls"
+
+        # Envoy with tracing puts its ext_authz span's context in the call's metadata: that one is
+        # the parent (the original request's headers only carry the client's).
+        spans.clear()
+        token = as_key.token(cnf={"x5t#S256": thumb})
+        headers = [("authorization", f"Bearer {token}"), ("traceparent", CALLER_PARENT)]
+        ok = await stub.Check(check_request("/payments", headers, cert=pki.client_a.pem), timeout=5,
+                              metadata=(("traceparent", ENVOY_PARENT),))
+        assert ok.status.code == code_pb2.OK
+        root, _ = _check_span(list(spans.get_finished_spans()))
+        assert f"{root.context.trace_id:032x}" == ENVOY_TRACE  # type: ignore[union-attr]
+        assert root.parent is not None and f"{root.parent.span_id:016x}" == ENVOY_SPAN
 
         # Client B's certificate with A's token: refused, binding_mismatch on the check's span.
         spans.clear()
