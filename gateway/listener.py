@@ -40,7 +40,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .config.listener import ListenerLimits
-from .wire import GatewayRequestHandler, GatewayWebServer, OnMalformed, refusal_response
+from .wire import GatewayRequestHandler, GatewayWebServer, OnMalformed, ServerHeader, refusal_response
 
 __all__ = ("ConnectionGuard", "GuardedRequestHandler", "GuardedServer", "GuardedSite")
 
@@ -58,6 +58,13 @@ _HEAD_TIMEOUT_RESPONSE: Final = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
     b"Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n%b" % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
 )
+
+
+def _head_timeout_response(server: str | None) -> bytes:
+    # The same Server-header policy as every other response of the listener (wire._server_policy).
+    if server is None:
+        return _HEAD_TIMEOUT_RESPONSE
+    return _HEAD_TIMEOUT_RESPONSE.replace(b"\r\n", b"\r\nServer: " + server.encode("ascii") + b"\r\n", 1)
 
 
 class ConnectionGuard:
@@ -229,7 +236,8 @@ class GuardedRequestHandler(GatewayRequestHandler):
         self.guard.release(self)
         if self._head_bytes:
             # RFC 9110 §15.5.9: a client that was merely slow learns why.
-            raw.write(_HEAD_TIMEOUT_RESPONSE)
+            server = getattr(self._manager, "server_header", None)
+            raw.write(_head_timeout_response(server() if server is not None else None))
         self.force_close()
         self._abort_timer = self._guard_loop.call_later(_CLOSE_GRACE_S, raw.abort)
 
@@ -242,14 +250,15 @@ class GuardedServer(GatewayWebServer):
     ``GuardedRequestHandler``s sharing one guard."""
 
     def __init__(
-        self, handler: Handler, *, guard: ConnectionGuard, on_malformed: OnMalformed | None = None, **kwargs: Any
+        self, handler: Handler, *, guard: ConnectionGuard, on_malformed: OnMalformed | None = None,
+        server_header: ServerHeader | None = None, **kwargs: Any
     ) -> None:
         self._inner = handler
         self._guard = guard
         self._protocol_kwargs = dict(kwargs, keepalive_timeout=guard.limits.idle_timeout_s)
         self._own_loop = asyncio.get_running_loop()
         super().__init__(self._handle, listener="public", on_malformed=on_malformed,
-                         request_factory=self._new_request, **self._protocol_kwargs)
+                         request_factory=self._new_request, server_header=server_header, **self._protocol_kwargs)
 
     def __call__(self) -> RequestHandler:
         return GuardedRequestHandler(self, guard=self._guard, loop=self._own_loop, listener=self._listener,

@@ -195,7 +195,7 @@ class GatewayServer:
         )
         self._runner = web.ServerRunner(
             GuardedServer(self.handler, guard=self.connections, on_malformed=metrics.malformed_request,
-                          access_log=None, max_field_size=16384),
+                          access_log=None, max_field_size=16384, server_header=self._server_header),
             handle_signals=False, shutdown_timeout=cfg.lifecycle.shutdown_grace_s,
         )
         await self._runner.setup()
@@ -249,6 +249,10 @@ class GatewayServer:
         log.info("gateway listening on %s:%d (admin %s:%d) pid %d", cfg.listen.host, self.port,
                  cfg.admin.host, self.admin_port, os.getpid())
         self.metrics.config_risks((r.id, r.label) for r in log_risks(cfg, log))
+
+    def _server_header(self) -> str | None:
+        """``proxy.server_header`` of the config in force, for responses made before a route matched."""
+        return self.handler.holder.current.cfg.proxy.server_header if self.handler is not None else None
 
     @property
     def holder(self) -> StateHolder:

@@ -47,6 +47,8 @@ log = logging.getLogger("gateway.wire")
 
 Listener = Literal["public", "admin"]
 OnMalformed = Callable[[str], None]
+# The configured ``proxy.server_header`` (read per response: it follows reloads), or None.
+ServerHeader = Callable[[], str | None]
 
 
 def _body(error: str, description: str) -> bytes:
@@ -67,6 +69,17 @@ def _drop_banner(response: web.StreamResponse) -> None:
         del response.headers[hdrs.SERVER]
 
 
+def _server_policy(response: web.StreamResponse, server_header: ServerHeader | None) -> None:
+    """One Server-header policy for every response of a listener: never aiohttp's banner; the
+    configured value on what does not carry one already (a 404 before any route matched, a 400 at
+    the wire...), as on proxied responses and a route's refusals."""
+    _drop_banner(response)
+    if server_header is not None and hdrs.SERVER not in response.headers:
+        value = server_header()
+        if value is not None:
+            response.headers[hdrs.SERVER] = value
+
+
 async def _drop_banner_signal(_request: web.Request, response: web.StreamResponse) -> None:
     _drop_banner(response)
 
@@ -75,11 +88,12 @@ class _Request(web.BaseRequest):
     """The public listener's request: its prepare hook runs after aiohttp set the banner.
     ``wire_refusal``: the status this request gets without being handled (version, framing)."""
 
-    ATTRS = web.BaseRequest.ATTRS | frozenset(["wire_refusal"])
+    ATTRS = web.BaseRequest.ATTRS | frozenset(["wire_refusal", "server_header"])
     wire_refusal: int | None = None
+    server_header: ServerHeader | None = None
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        _drop_banner(response)
+        _server_policy(response, self.server_header)
 
 
 def refusal_response(status: int) -> web.Response:
@@ -158,10 +172,12 @@ class GatewayWebServer(web.Server):
         on_malformed: OnMalformed | None = None,
         request_factory: Any = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        server_header: ServerHeader | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, request_factory=request_factory or self._bare_request, loop=loop, **kwargs)
         self._listener: Listener = listener
+        self.server_header = server_header
         self._on_malformed = on_malformed
         self._handler_kwargs = kwargs
 
@@ -181,6 +197,7 @@ class GatewayWebServer(web.Server):
         elif message.version == HttpVersion10 and hdrs.TRANSFER_ENCODING in message.headers:
             refusal = 400
         request = _Request(message, payload, protocol, writer, task, self._loop)
+        request.server_header = self.server_header
         if refusal is not None:
             request.wire_refusal = refusal
             if self._on_malformed is not None:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
+from .partial import cross_field_findings
 from .schema import GatewayConfig, upstream_reference_problem
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -249,6 +250,10 @@ def parse_config(
         # here too, so one run reports everything (an unknown upstream next to a bad type).
         problems.extend(_format(p.split(": ", 1)[0], p.split(": ", 1)[1], lines, source)
                         for p in _raw_references(data))
+        # And the cross-field checks (mtls needs client certificates, DPoP needs an origin...) on
+        # the part that validated, unless a finding could depend on a field in error (partial.py).
+        problems.extend(_format(p.split(": ", 1)[0], p.split(": ", 1)[1], lines, source)
+                        for p in cross_field_findings(data, context) if ": " in p)
         # A union (e.g. auth: none | {...}) reports each branch; keep each message once.
         raise ConfigError(list(dict.fromkeys(early + problems)), source=source) from None
     if early:

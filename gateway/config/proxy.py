@@ -12,7 +12,8 @@
   passed on, except names that normalise to a stripped header (always removed).
 * ``server_header``: the ``Server`` header clients get. Default: none at all; the upstream's own
   (``Python/3.11 aiohttp/...``, ``nginx/1.25``: a version list for a scanner) is removed too.
-  A value (e.g. ``bank-api``) is sent on proxied responses and on a route's refusals instead.
+  A value (e.g. ``bank-api``) is sent instead, on every response of the public listener (also
+  those made before a route matched: 404, 400/405/505 at the wire, 408).
   ``relay_upstream_server: true`` passes the upstream's through (the behaviour before).
 """
 

@@ -23,7 +23,7 @@ import hashlib
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -184,8 +184,11 @@ class _Callers:
 
 
 class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, holder: StateHolder, observer: Observer, cfg: DecisionGrpc) -> None:
+    def __init__(self, holder: StateHolder, observer: Observer, cfg: DecisionGrpc,
+                 decide: Callable[..., Awaitable[Verdict]] = check) -> None:
         self._holder = holder
+        self._decide = decide  # core.check, or its traced wrapper (service.py)
+        self._traced = decide is not check  # then the call's metadata may carry Envoy's trace context
         self._observer = observer
         self._callers = _Callers(cfg)
         self._attribute_cert = cfg.client_cert.source == "attribute"
@@ -203,7 +206,8 @@ class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[m
             verdict = Verdict(False, 400, (("Cache-Control", "no-store"),), b'{"error":"invalid_request"}',
                               reason="decision_bad_check_request")
         else:
-            verdict = await check(state, original, self._observer, remaining_s=context.time_remaining())
+            kw = {"trace_carrier": dict(context.invocation_metadata() or ())} if self._traced else {}
+            verdict = await self._decide(state, original, self._observer, remaining_s=context.time_remaining(), **kw)
         return check_response(verdict)
 
 
@@ -220,9 +224,11 @@ class GrpcFront:
     """The ext_authz gRPC listener; ``port`` is the bound port after ``start``."""
 
     def __init__(
-        self, holder: StateHolder, observer: Observer, cfg: DecisionConfig, *, reuse_port: bool = False
+        self, holder: StateHolder, observer: Observer, cfg: DecisionConfig, *, reuse_port: bool = False,
+        decide: Callable[..., Awaitable[Verdict]] = check,
     ) -> None:
         assert cfg.grpc is not None
+        self._decide = decide
         self._reuse_port = reuse_port
         self._cfg = cfg
         self._grpc = cfg.grpc
@@ -252,7 +258,7 @@ class GrpcFront:
             ],
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            _Servicer(self._holder, self._observer, g), server
+            _Servicer(self._holder, self._observer, g, self._decide), server
         )
         address = f"[{g.host}]:{g.port}" if ":" in g.host else f"{g.host}:{g.port}"
         tls = self._cfg.tls

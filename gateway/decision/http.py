@@ -50,7 +50,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -244,8 +244,9 @@ class DecisionHttpHandler:
     """The decision HTTP listener's request handler (aiohttp low-level server, no router)."""
 
     def __init__(self, holder: StateHolder, observer: Observer, front_cfg: DecisionHttp,
-                 ready: Readiness | None = None) -> None:
+                 ready: Readiness | None = None, decide: Callable[..., Awaitable[Verdict]] = check) -> None:
         self.holder = holder
+        self.decide = decide  # core.check, or its traced wrapper (service.py)
         self.observer = observer
         self.cfg = front_cfg
         self.ready = ready
@@ -306,7 +307,7 @@ class DecisionHttpHandler:
             # Beyond max_concurrent: shed at once rather than queue behind a slow AS.
             return self._refused(request, front, DecisionBusyError("decision service busy"), fapi_id, started)
         async with self.slots:
-            verdict = await check(self.holder.current, original, self.observer, fapi_id=fapi_id)
+            verdict = await self.decide(self.holder.current, original, self.observer, fapi_id=fapi_id)
         return render(front, verdict)
 
 
@@ -315,7 +316,8 @@ class DecisionHttpFront:
     observer as the proxy, the public listener's deadlines and connection cap."""
 
     def __init__(self, holder: StateHolder, observer: Observer, cfg: DecisionConfig, *,
-                 readiness: Readiness | None = None, reuse_port: bool = False) -> None:
+                 readiness: Readiness | None = None, reuse_port: bool = False,
+                 decide: Callable[..., Awaitable[Verdict]] = check) -> None:
         assert cfg.http is not None
         self.front = cfg.http
         self.tls = cfg.tls
@@ -323,7 +325,7 @@ class DecisionHttpFront:
         # Listener settings are fixed for the process (restart-only), like the public listener's.
         self.limits = state.cfg.listen.limits
         self._metrics = state.metrics
-        self.handler = DecisionHttpHandler(holder, observer, cfg.http, readiness)
+        self.handler = DecisionHttpHandler(holder, observer, cfg.http, readiness, decide)
         self.guard = ConnectionGuard(self.limits, on_close=self._metrics.connection_closed)
         self.reuse_port = reuse_port
         self.grace_s = state.cfg.lifecycle.shutdown_grace_s

@@ -9,12 +9,14 @@ through the server's ``Observer`` (the same metrics and access log, with the fro
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ..admin import Readiness
 from ..app import StateHolder
 from ..config.decision import DecisionConfig
 from ..observability.observer import Observer
+from .core import Verdict, check
 
 __all__ = ("DecisionService",)
 
@@ -37,16 +39,22 @@ class DecisionService:
     ) -> None:
         self.cfg = cfg
         self.fronts: dict[str, Front] = {}
+        decide: Callable[..., Awaitable[Verdict]] = check
+        if holder.current.cfg.observability.tracing.enabled:  # OpenTelemetry: not imported when off
+            from ..observability.tracing import traced_check
+
+            decide = traced_check(check)  # a SERVER span per check (unchanged if not set up)
         if cfg.grpc is not None:
             from .grpc import GrpcFront  # grpcio is only imported when the gRPC front is on
 
-            self.fronts["grpc"] = GrpcFront(holder, observer, cfg, reuse_port=reuse_port)
+            self.fronts["grpc"] = GrpcFront(holder, observer, cfg, reuse_port=reuse_port, decide=decide)
         if cfg.http is not None:
             # Envoy ext_authz HTTP mode, nginx auth_request, Traefik forwardAuth (decision/http.py);
             # readiness: its /readyz answers what the admin port's does.
             from .http import DecisionHttpFront
 
-            self.fronts["http"] = DecisionHttpFront(holder, observer, cfg, readiness=readiness, reuse_port=reuse_port)
+            self.fronts["http"] = DecisionHttpFront(holder, observer, cfg, readiness=readiness, reuse_port=reuse_port,
+                                                    decide=decide)
 
     @property
     def grpc_port(self) -> int:

@@ -10,6 +10,10 @@
     ├─ policy
     └─ upstream                              CLIENT  traceparent sent upstream
 
+A decision check (Envoy ext_authz gRPC/HTTP, nginx auth_request, Traefik forwardAuth:
+gateway/decision/) is the same tree under its own SERVER span (``traced_check``), without
+``upstream``; ``tls_peer`` there is the check of the certificate the front passed.
+
 This module is imported only when ``observability.tracing.enabled`` is true: with tracing off no
 OpenTelemetry package is loaded and the request path is the untraced one, byte for byte (the
 wrappers here replace the stages of a ``GatewayState``; nothing checks a flag per request).
@@ -33,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from random import getrandbits
@@ -59,19 +63,25 @@ if TYPE_CHECKING:
     from ..app import GatewayHandler, GatewayState
     from ..config import AuthPolicy
     from ..config.observability import TracingConfig
+    from ..decision.core import OriginalRequest, Verdict
     from ..model import AuthRequest, Binding, Credentials, Decision, PeerCertificate, VerifiedToken
 
 __all__ = (
+    "DecisionCheck",
     "TracedGatewayHandler",
     "TracedObserver",
     "instrument_state",
     "setup_tracing",
     "shutdown_tracing",
+    "traced_check",
     "traced_handler",
     "tracer",
 )
 
 log = logging.getLogger(__name__)
+
+# decision.core.check's shape (the decision fronts call it through DecisionService).
+DecisionCheck = Callable[..., Awaitable["Verdict"]]
 
 DEFAULT_SERVICE_NAME: Final = "fapi-gateway"
 # Environment variables that make HTTP instrumentations copy request/response headers into spans.
@@ -354,6 +364,12 @@ class _TracedClientCerts:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    @property
+    def checker(self) -> _TracedChecker:
+        # The decision fronts (decision/core.py) check the certificate a front passed them here;
+        # the proxy's own path goes through peer_certificate (its inner checker: no second span).
+        return _TracedChecker(self._inner.checker, self._t)
+
     def upstream_header(self, peer: PeerCertificate | None) -> tuple[str, str] | None:
         # Every forwarded request asks: a plain method, not the __getattr__ fallback.
         return self._inner.upstream_header(peer)  # type: ignore[no-any-return]
@@ -364,6 +380,27 @@ class _TracedClientCerts:
         with _span(self._t, "tls_peer") as span:
             peer: PeerCertificate | None = self._inner.peer_certificate(request, authenticates=authenticates)
             span.set_attribute("gateway.client_cert", peer is not None)
+            return peer
+
+
+class _TracedChecker:
+    """A decision check's step 1: the certificate the front passed, checked as the ``tls_peer`` span."""
+
+    __slots__ = ("_inner", "_t")
+
+    def __init__(self, inner: Any, t: Tracer) -> None:
+        self._inner = inner
+        self._t = t
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def check(self, facts: Any) -> PeerCertificate:
+        if not _recording():
+            return self._inner.check(facts)  # type: ignore[no-any-return]
+        with _span(self._t, "tls_peer") as span:
+            peer: PeerCertificate = self._inner.check(facts)
+            span.set_attribute("gateway.client_cert", True)
             return peer
 
 
@@ -465,6 +502,22 @@ def _handler_base() -> type[GatewayHandler]:
     return GatewayHandler
 
 
+def _server_span(
+    active: _Tracing, headers: Any, name: str, trusted: Callable[[str | None], bool], remote: str | None,
+) -> Span | None:
+    """The SERVER span of a proxied request or a decision check (not yet current), continuing the
+    caller's W3C context as ``incoming_context`` says; None for a new trace not sampled here."""
+    parent = None
+    if "traceparent" in headers and (
+        active.incoming == "any" or (active.incoming == "trusted_proxies" and trusted(remote))
+    ):
+        parent = _PROPAGATOR.extract(headers)
+    bound = active.bound
+    if parent is None and bound is not None and getrandbits(64) >= bound:
+        return None  # not sampled: no span at all (the upstream still gets a traceparent)
+    return active.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+
+
 class TracedGatewayHandler(_handler_base()):  # type: ignore[misc]
     """The public listener's handler inside a SERVER span (W3C context from trusted callers)."""
 
@@ -472,20 +525,11 @@ class TracedGatewayHandler(_handler_base()):  # type: ignore[misc]
         active = _ACTIVE
         if active is None:
             return await super().__call__(request)  # type: ignore[no-any-return]
-        parent = None
-        headers = request.headers
-        if "traceparent" in headers and (
-            active.incoming == "any"
-            or (active.incoming == "trusted_proxies" and self.holder.current.is_trusted(request.remote))
-        ):
-            parent = _PROPAGATOR.extract(headers)
-        bound = active.bound
-        if parent is None and bound is not None and getrandbits(64) >= bound:
-            # Not sampled: no span at all (the upstream still gets a traceparent: _TracedForwarder).
-            return await super().__call__(request)  # type: ignore[no-any-return]
         # start_span + attach rather than start_as_current_span: the context-manager machinery
         # costs more than the span itself.
-        span = active.tracer.start_span(request.method, context=parent, kind=SpanKind.SERVER)
+        span = _server_span(active, request.headers, request.method, self.holder.current.is_trusted, request.remote)
+        if span is None:  # not sampled (the upstream still gets a traceparent: _TracedForwarder)
+            return await super().__call__(request)  # type: ignore[no-any-return]
         if span.is_recording():
             path = request.path
             span.set_attributes({
@@ -509,4 +553,49 @@ def traced_handler(handler: GatewayHandler) -> GatewayHandler:
     obs = handler.observer
     traced = TracedGatewayHandler(handler.holder, TracedObserver(obs.metrics, obs.access_log))
     instrument_state(handler.holder.current)
+    return traced
+
+
+# --- the decision fronts -----------------------------------------------------------------------
+
+
+def _caller_trusted(_remote: str | None) -> bool:
+    # A check only runs for a caller the front trusts (decision.*.trusted_peers / identities):
+    # the decision listener's counterpart of listen.trusted_proxies.
+    return True
+
+
+def traced_check(check: DecisionCheck) -> DecisionCheck:
+    """``decision.core.check`` inside a SERVER span (Envoy ext_authz gRPC/HTTP, nginx auth_request,
+    Traefik forwardAuth), continuing the original request's W3C context (the front passes its
+    headers); its stages are the state's traced ones and the outcome is written by the
+    ``TracedObserver`` the fronts share with the proxy. Unchanged when tracing is not set up."""
+    if _ACTIVE is None:
+        return check
+
+    async def traced(state: GatewayState, original: OriginalRequest, observer: Observer | None = None,
+                     *, trace_carrier: dict[str, str] | None = None, **kw: Any) -> Verdict:
+        # trace_carrier: the gRPC call's metadata, where Envoy puts its own ext_authz span's context;
+        # otherwise the original request's headers carry the caller's (HTTP fronts inject there).
+        carrier = trace_carrier if trace_carrier and "traceparent" in trace_carrier else original.headers
+        active = _ACTIVE
+        span = None if active is None else _server_span(
+            active, carrier, original.method, _caller_trusted, original.remote)
+        if span is None:
+            return await check(state, original, observer, **kw)
+        if span.is_recording():
+            path = original.path
+            span.set_attributes({
+                "http.request.method": original.method,
+                "url.path": path if len(path) <= _MAX_PATH else path[:_MAX_PATH],
+                "url.scheme": original.scheme,
+                "gateway.mode": original.mode,
+            })
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return await check(state, original, observer, **kw)
+        finally:
+            otel_context.detach(token)
+            span.end()
+
     return traced
