@@ -79,11 +79,38 @@ def field_lines(headers: Mapping[str, str], names: Iterable[str]) -> FieldLines:
     return FieldLines(lines)
 
 
+_SERIALISED: dict[Any, str] = {}
+_MAX_SERIALISED = 512  # distinct component identifiers remembered (a client sends a handful)
+
+
+class _Component(Item):
+    """A component identifier whose serialisation (``http_sf``, called by the library for every
+    line of the signature base) is remembered: clients cover the same few identifiers in every
+    request. Keyed on types as well as values (a Token is a str, True == 1); only what ``http_sf``
+    serialised without error is kept."""
+
+    def __str__(self) -> str:
+        value, params = self.value, self.params
+        if type(value) is not str:
+            return super().__str__()
+        key: Any = value if not params else (value, *((k, type(v), v) for k, v in params.items()))
+        try:
+            text = _SERIALISED.get(key)
+        except TypeError:  # an unhashable parameter value: serialise every time
+            return super().__str__()
+        if text is None:
+            text = super().__str__()
+            if len(_SERIALISED) >= _MAX_SERIALISED:
+                _SERIALISED.clear()
+            _SERIALISED[key] = text
+        return text
+
+
 def components(parsed: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[Item]:
     """``http_sf`` inner-list members -> the library's component identifier items."""
-    out = []
+    out: list[Item] = []
     for value, params in parsed:
-        item = Item(value)
+        item = _Component(value)
         item.params.update(params)
         out.append(item)
     return out
