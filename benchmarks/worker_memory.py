@@ -113,7 +113,8 @@ def main() -> None:
                              if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes())
             _show("idle", workers)
             r = _rollup(proc.pid)
-            print(f"supervisor {proc.pid}: RSS {r['Rss']:.1f} MB, PSS {r['Pss']:.1f} MB")
+            threads = len(list(Path(f"/proc/{proc.pid}/task").iterdir()))
+            print(f"supervisor {proc.pid}: RSS {r['Rss']:.1f} MB, PSS {r['Pss']:.1f} MB, threads {threads}")
             if args.requests:
                 ctx = ssl.create_default_context(cafile=str(m.ca))
                 ctx.load_cert_chain(str(m.client_cert), str(m.client_key))
