@@ -195,14 +195,15 @@ def children(pid: int) -> list[int]:
 
 
 def gateway_workers(supervisor: int) -> list[int]:
-    """The supervisor's worker processes (spawned), not multiprocessing's resource tracker."""
+    """The supervisor's worker processes (forked on Linux, spawned elsewhere), not
+    multiprocessing's resource tracker (started with spawned workers only)."""
     out = []
     for pid in children(supervisor):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"multiprocessing-fork" in cmd:
+        if b"resource_tracker" not in cmd:
             out.append(pid)
     return out
 

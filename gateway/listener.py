@@ -12,9 +12,11 @@ no cap on connections. This module adds them, around aiohttp rather than inside 
   connection that never sent anything is closed silently.
 * **idle** — aiohttp's keep-alive timer, set to ``idle_timeout_s``.
 * **body** — the forwarder reads the request body with a per-read deadline (``proxy/forward.py``).
-* **send** — writing the response must make progress within ``body_timeout_s``
+* **send** — writing the response must be done within ``body_timeout_s`` of its start
   (``GuardedServer``), so a client that stops reading cannot pin a handler and an upstream
-  connection.
+  connection. The deadline is armed only while the transport has stopped taking writes
+  (``pause_writing``): a send can only wait on the client then, and a response that goes out at
+  once costs no timer.
 * **cap** — at most ``max_connections`` established connections per listener (and process). At the
   cap a new connection closes the oldest *idle* one (no request under way, no head begun: a
   client may always see an idle keep-alive connection closed); if none is idle, the new
@@ -145,6 +147,8 @@ class GuardedRequestHandler(GatewayRequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._raw: asyncio.Transport | None = None
+        self._send_deadline: float | None = None  # loop time by which the response being sent is out
+        self._send_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio protocol ---------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class GuardedRequestHandler(GatewayRequestHandler):
         if self._rejected:
             return
         self._cancel_head_timer()
+        self.send_finished()
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
@@ -206,6 +211,45 @@ class GuardedRequestHandler(GatewayRequestHandler):
             self._arm_head_timer()
         elif not self._head_bytes:
             self.guard.mark_idle(self)
+
+    # -- the send deadline --------------------------------------------------------------------
+
+    def send_started(self, timeout_s: float) -> None:
+        """The response is being written: it must be out within ``timeout_s``. Only a paused
+        transport can make the writer wait on the client, so the timer is armed only then."""
+        self._send_deadline = self._guard_loop.time() + timeout_s
+        if self.writing_paused:
+            self._arm_send_timer()
+
+    def send_finished(self) -> None:
+        self._send_deadline = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is not None:
+            self._arm_send_timer()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # Progress: the writer runs on; a later pause re-arms at the same (absolute) deadline.
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _arm_send_timer(self) -> None:
+        if self._send_timer is None and self._send_deadline is not None:
+            self._send_timer = self._guard_loop.call_at(self._send_deadline, self._send_timeout)
+
+    def _send_timeout(self) -> None:
+        self._send_timer = None
+        self._send_deadline = None
+        self.guard.closed_by_us(SEND_TIMEOUT)
+        # The writer waiting on drain is woken by connection_lost and returns; nothing more is sent.
+        if self._raw is not None:
+            self._raw.abort()
 
     def evict(self) -> None:
         """Close an idle connection to make room for a new one: at once (no TLS close_notify
@@ -287,9 +331,17 @@ class GuardedServer(GatewayWebServer):
             # Sent here rather than by aiohttp after we return, so that (a) the connection counts
             # as idle only once its answer is out, and (b) a client that stops reading is cut off.
             try:
-                async with asyncio.timeout(self._guard.limits.body_timeout_s):
-                    await resp.prepare(request)
-                    await resp.write_eof()
+                if isinstance(protocol, GuardedRequestHandler):
+                    protocol.send_started(self._guard.limits.body_timeout_s)
+                    try:
+                        await resp.prepare(request)
+                        await resp.write_eof()
+                    finally:
+                        protocol.send_finished()
+                else:
+                    async with asyncio.timeout(self._guard.limits.body_timeout_s):
+                        await resp.prepare(request)
+                        await resp.write_eof()
             except TimeoutError:
                 self._guard.closed_by_us(SEND_TIMEOUT)
                 if request.transport is not None:

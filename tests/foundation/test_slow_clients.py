@@ -283,6 +283,33 @@ async def test_client_that_stops_reading_releases_the_upstream(
         writer.close()
 
 
+async def test_client_that_never_reads_buffered_responses_is_cut_off(
+    gateway: GatewayFactory, upstream: Upstream, pki: Pki
+) -> None:
+    """The listener's own send deadline (not the relay's per-chunk one): a client pipelines many
+    requests with small, buffered answers and never reads. Once the transport stops taking writes
+    the send must be done within ``body_timeout_s``: the connection is closed and counted, and the
+    handler is released. Fails on a listener that waits on the client without a deadline."""
+    gw = await gateway(config(pki, upstream.url, "body_timeout_s: 0.5"), raw=True)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=pki.client_context(), server_hostname="localhost", limit=1024
+    )
+    # Each answer echoes the ~4 KB path (a buffered response, far below the relay's threshold);
+    # together they are far more than the kernel buffers and the transport's high-water mark.
+    one = b"GET /x?" + b"a" * 4000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    try:
+        writer.write(one * 3000)
+        await until(lambda: closed_count(gw, "send_timeout") == 1)
+        await until(lambda: gw.metrics.in_flight.value == 0)
+        closed, _ = await read_until_closed(reader)
+        assert closed, "the connection of a client that never reads stays open"
+    finally:
+        writer.transport.abort()
+
+
 @pytest.mark.parametrize(
     ("limits", "expected"),
     [
