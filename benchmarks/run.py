@@ -177,7 +177,9 @@ def make_candidates(args: argparse.Namespace) -> tuple[list[Candidate], dict[str
             ("gw-dpop-quiet", "extra: gw-dpop with access log and metrics off", "dpop-quiet.yaml", 1,
              Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, False),
         )
-    if args.ratelimit:  # issue #18: one Redis-backed limit on the DPoP route, against the same without
+    # issue #18: one Redis-backed limit on the DPoP route, against the same without (the yardstick,
+    # which shares this function, has no --ratelimit).
+    if getattr(args, "ratelimit", False):
         modes += (
             ("gw-dpop-redis", "ratelimit pair: gw-dpop, 1 worker, Redis replay store", "dpop-redis.yaml", 1,
              Probe("dpop", m.hot_dpop_token, checks=True), m.clients_dpop, True),
