@@ -247,12 +247,28 @@ def _recording() -> bool:
     return trace.get_current_span().is_recording()
 
 
-class _TracedExtract:
+class _Wrapper:
+    """A stage wrapped for tracing: the real stage and the tracer."""
+
     __slots__ = ("_inner", "_t")
 
     def __init__(self, inner: Any, t: Tracer) -> None:
         self._inner = inner
         self._t = t
+
+
+class _Delegating(_Wrapper):
+    """A wrapped stage whose other attributes (ready, flush, token_cache, replay, start, close, ...)
+    are the real stage's."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _TracedExtract(_Wrapper):
+    __slots__ = ()
 
     def __call__(self, req: AuthRequest, policy: AuthPolicy) -> Credentials:
         if not _recording():
@@ -263,17 +279,10 @@ class _TracedExtract:
             return creds  # type: ignore[no-any-return]
 
 
-class _TracedTokens:
+class _TracedTokens(_Delegating):
     """The token stage: whether the verification was cached, and the AS call as a child when not."""
 
-    __slots__ = ("_inner", "_t")
-
-    def __init__(self, inner: Any, t: Tracer) -> None:
-        self._inner = inner
-        self._t = t
-
-    def __getattr__(self, name: str) -> Any:  # ready, flush, token_cache, ...: the real verifier's
-        return getattr(self._inner, name)
+    __slots__ = ()
 
     def _cached(self, token: str) -> bool:
         # A second SHA-256 of the token, on sampled requests only; the digest is never recorded.
@@ -296,15 +305,8 @@ class _TracedTokens:
             return result
 
 
-class _TracedBinder:
-    __slots__ = ("_inner", "_t")
-
-    def __init__(self, inner: Any, t: Tracer) -> None:
-        self._inner = inner
-        self._t = t
-
-    def __getattr__(self, name: str) -> Any:  # replay, dpop, start, close: the real binder's
-        return getattr(self._inner, name)
+class _TracedBinder(_Delegating):
+    __slots__ = ()
 
     async def check(self, req: AuthRequest, creds: Credentials, token: VerifiedToken, policy: AuthPolicy) -> Binding:
         if not _recording():
@@ -315,12 +317,8 @@ class _TracedBinder:
             return binding
 
 
-class _TracedPolicy:
-    __slots__ = ("_inner", "_t")
-
-    def __init__(self, inner: Any, t: Tracer) -> None:
-        self._inner = inner
-        self._t = t
+class _TracedPolicy(_Wrapper):
+    __slots__ = ()
 
     def __call__(self, req: AuthRequest, token: VerifiedToken, binding: Binding, policy: AuthPolicy) -> Decision:
         if not _recording():
@@ -352,17 +350,10 @@ def _trace_replay_store(store: Any, t: Tracer) -> None:
     store._gateway_traced = True
 
 
-class _TracedClientCerts:
+class _TracedClientCerts(_Delegating):
     """Step 1 (the client certificate: handshake or trusted front proxy) as the ``tls_peer`` span."""
 
-    __slots__ = ("_inner", "_t")
-
-    def __init__(self, inner: Any, t: Tracer) -> None:
-        self._inner = inner
-        self._t = t
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    __slots__ = ()
 
     @property
     def checker(self) -> _TracedChecker:
@@ -383,17 +374,10 @@ class _TracedClientCerts:
             return peer
 
 
-class _TracedChecker:
+class _TracedChecker(_Delegating):
     """A decision check's step 1: the certificate the front passed, checked as the ``tls_peer`` span."""
 
-    __slots__ = ("_inner", "_t")
-
-    def __init__(self, inner: Any, t: Tracer) -> None:
-        self._inner = inner
-        self._t = t
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    __slots__ = ()
 
     def check(self, facts: Any) -> PeerCertificate:
         if not _recording():
@@ -404,18 +388,11 @@ class _TracedChecker:
             return peer
 
 
-class _TracedForwarder:
+class _TracedForwarder(_Delegating):
     """The upstream exchange as a CLIENT span; ``traceparent`` goes upstream in every case (sampled
     or not: the upstream then knows the gateway's decision), replacing whatever the client sent."""
 
-    __slots__ = ("_inner", "_t")
-
-    def __init__(self, inner: Any, t: Tracer) -> None:
-        self._inner = inner
-        self._t = t
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    __slots__ = ()
 
     async def forward(
         self, request: web.BaseRequest, upstream: Any, headers: CIMultiDict[str], **kwargs: Any

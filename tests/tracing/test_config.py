@@ -17,6 +17,21 @@ from gateway.errors import ConfigError
 from gateway.observability import tracing
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def assert_loads_no_opentelemetry(script: str) -> None:
+    """Run ``script`` (it serves something) in a fresh interpreter; then neither the OpenTelemetry
+    SDK nor our tracing module may have been imported."""
+    code = script + textwrap.dedent("""
+        import sys
+        loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry") or m == "gateway.observability.tracing")
+        print("LOADED", loaded)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "LOADED []" in out.stdout, out.stdout
+
+
 ROUTE = """
 routes:
   - id: open
@@ -62,12 +77,8 @@ def test_tracing_off_loads_no_opentelemetry_module() -> None:
             assert (await r.read()).startswith(b"HTTP/1.1 502")
             await s.stop()
         asyncio.run(main())
-        loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry") or m == "gateway.observability.tracing")
-        print("LOADED", loaded)
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "LOADED []" in out.stdout, out.stdout
+    assert_loads_no_opentelemetry(code)
 
 
 def test_environment_fills_what_the_file_leaves_unset(monkeypatch: pytest.MonkeyPatch) -> None:
