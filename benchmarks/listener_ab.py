@@ -27,6 +27,8 @@ from gateway.config import parse_config
 from gateway.server import GatewayServer
 from gateway.wire import refusal_response
 
+from .paired import paired_rounds
+
 BATCHES = 30
 BATCH = 400
 
@@ -104,14 +106,7 @@ async def main() -> None:
             await rd.readexactly(2)
         return (time.thread_time() - t0) / n * 1e6
 
-    for name in conns:
-        await batch(name, 300)
-    res: dict[str, list[float]] = {"timeout": [], "paused": []}
-    for i in range(BATCHES):
-        for name in ("timeout", "paused") if i % 2 else ("paused", "timeout"):
-            res[name].append(await batch(name, BATCH))
-    for k, v in res.items():
-        print(f"{k}: median {statistics.median(v):.1f} CPU-us/req (min {min(v):.1f})")
+    res = await paired_rounds(batch, "timeout", "paused", rounds=BATCHES, n=BATCH, unit="req")
     diff = [a - b for a, b in zip(res["timeout"], res["paused"], strict=True)]
     print(f"timeout - paused, paired per round: median {statistics.median(diff):.1f} CPU-us/req "
           f"(quartiles {statistics.quantiles(diff, n=4)[0]:.1f} .. {statistics.quantiles(diff, n=4)[2]:.1f})")

@@ -18,6 +18,8 @@ import time
 from gateway.config import parse_config
 from gateway.server import GatewayServer
 
+from .paired import paired_rounds
+
 BATCHES = 20
 BATCH = 400
 
@@ -61,14 +63,7 @@ async def main(ratio: float) -> None:
             await rd.readexactly(length)
         return (time.thread_time() - t0) / n * 1e6
 
-    for name in conns:
-        await batch(name, 300)
-    res: dict[str, list[float]] = {"off": [], "on": []}
-    for i in range(BATCHES):
-        for name in ("off", "on") if i % 2 else ("on", "off"):
-            res[name].append(await batch(name, BATCH))
-    for k, v in res.items():
-        print(f"{k}: median {statistics.median(v):.1f} CPU-us/check (min {min(v):.1f})")
+    res = await paired_rounds(batch, "off", "on", rounds=BATCHES, n=BATCH, unit="check")
     diff = [a - b for a, b in zip(res["on"], res["off"], strict=True)]
     print(f"on - off (sample_ratio {ratio:g}): median {statistics.median(diff):.1f} CPU-us/check")
     for s in servers.values():
